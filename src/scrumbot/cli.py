@@ -6,21 +6,15 @@ and keeps its traceback."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import click
 
-from .config import Settings
+from .config import Settings, apply_offline_env
 from .errors import ScrumbotError
 
-# Offline and quiet before any heavy import: no hub look-ups, no analytics.
-for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-               "GRADIO_ANALYTICS_ENABLED": "False", "ANONYMIZED_TELEMETRY": "False",
-               "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-               "TRANSFORMERS_VERBOSITY": "error"}.items():
-    os.environ.setdefault(_k, _v)
+apply_offline_env()
 
 
 def _settings(**overrides) -> Settings:

@@ -14,6 +14,25 @@ from typing import Any
 _REPO_CORPUS = Path(__file__).resolve().parents[2] / "corpus"
 
 
+# No hub look-ups, no analytics, no progress-bar noise: scrumbot runs offline.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "ANONYMIZED_TELEMETRY": "False",
+}
+
+
+def apply_offline_env() -> None:
+    """Set the offline variables (unless the user set them) before heavy libraries import."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def _data_home() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "scrumbot"
 
