@@ -229,6 +229,10 @@ class Store:
             report.skipped += skipped
             todo: list[Document] = []
             changed: list[tuple[str, bool]] = []
+            # A file that cannot be read right now keeps its chunks; one that is now empty, binary
+            # or unparsable loses them, or its old text would go on answering questions.
+            unreadable = {name for name, why in skipped if why.startswith("cannot read")}
+            dropped: set[str] = set()
             for sf in present:
                 if prior.get(sf.rel) == {sf.sha256}:
                     report.unchanged.append(sf.rel)
@@ -237,10 +241,12 @@ class Store:
                     todo += load_chunks(sf, self.settings)
                 except SkipFile as why:
                     report.skipped.append((sf.rel, str(why)))
+                    if not str(why).startswith("cannot read"):
+                        dropped.add(sf.rel)
                     continue
                 changed.append((sf.rel, sf.rel in prior))
-            # what this path covered before and is gone now; an unreadable file keeps its chunks
-            gone = sorted(scope - {sf.rel for sf in present} - {name for name, _ in skipped})
+            # what this path covered before and is gone (or no longer indexable) now
+            gone = sorted((scope - {sf.rel for sf in present} - unreadable) | (dropped & scope))
             rm = self._record_manager(root)
             if todo:
                 total = len(todo)
