@@ -162,3 +162,7 @@ def models_verify() -> None:
             continue
         verify(spec, path)
         click.echo(f"{spec.name}: ok ({path})")
+
+
+if __name__ == "__main__":
+    main()
