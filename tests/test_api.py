@@ -1,0 +1,189 @@
+"""The API: Assistant.answer/stream over the real prompt, chain and Chroma, with the fake
+embedder and the echo chat model (which answers with the first passage's first sentence)."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+from conftest import CORPUS, EchoChatModel, FakeEmbeddings
+from scrumbot import Answer, Assistant, Source
+from scrumbot.chain import NOT_COVERED
+from scrumbot.errors import BadQuestionError, IndexMissingError
+
+IN_SCOPE = "Which certification is sought by business analysts?"
+# its best passage opens with a sentence, so the echo model gives a real multi-word answer
+ECHOED = "Who is Braintrust Group?"
+OUT_OF_SCOPE = "Which volcano erupted near Reykjavik yesterday?"
+
+
+def words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 2}
+
+
+def squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.fixture
+def bot(fake_assistant):
+    fake_assistant.index()
+    return fake_assistant
+
+
+def test_answer_has_text_and_scored_sources(bot):
+    a = bot.answer(ECHOED)
+
+    assert isinstance(a, Answer) and a.done and not a.refused
+    assert a.sources and all(isinstance(s, Source) for s in a.sources)
+    corpus_text = squash((CORPUS / "product-owner-101.txt").read_text())
+    for s in a.sources:
+        assert s.source == "product-owner-101.txt"
+        assert s.text and squash(s.text) in corpus_text
+        assert bot.settings.min_score <= s.score <= 1.0
+    assert [s.score for s in a.sources] == sorted((s.score for s in a.sources), reverse=True)
+    # the echo model repeats the first sentence of passage [1]: the passages reached the model
+    assert "Braintrust Group is a worldwide leader in Agile transformations." in a.text
+    assert a.text in a.sources[0].text
+    assert "business analysts" in " ".join(s.text for s in bot.answer(IN_SCOPE).sources)
+    d = a.as_dict()
+    assert d["answer"] == a.text and d["refused"] is False
+    assert {"source", "text", "score"} <= set(d["sources"][0])
+
+
+def test_out_of_scope_is_refused_before_the_model_runs(bot):
+    assert not words(OUT_OF_SCOPE) & words((CORPUS / "product-owner-101.txt").read_text())
+    llm: EchoChatModel = bot.llm
+
+    a = bot.answer(OUT_OF_SCOPE)
+
+    assert a.refused is True and a.text == NOT_COVERED and a.sources == []
+    assert llm.calls == [], "the gate must decide before generation"
+    bot.answer(IN_SCOPE)
+    assert len(llm.calls) == 1  # ...while an answerable question does reach the model
+
+
+class RefusingChatModel(EchoChatModel):
+    def _reply(self, messages):
+        self.calls.append(messages)
+        return "The passages do not mention that."
+
+
+def test_a_model_refusal_becomes_a_refused_answer_without_sources(settings, corpus):
+    bot = Assistant(settings.replace(min_score=0.2), embeddings=FakeEmbeddings(),
+                    embedder_name="fake", llm=RefusingChatModel())
+    bot.index()
+    a = bot.answer(IN_SCOPE)
+    assert len(bot.llm.calls) == 1
+    assert a.refused and a.text == NOT_COVERED and a.sources == []
+
+
+def test_stream_yields_growing_snapshots_then_done(bot):
+    snaps = list(bot.stream(ECHOED))
+
+    assert snaps[-1].done and all(not s.done for s in snaps[:-1])
+    partial = [s.text for s in snaps[:-1]]
+    assert len({t for t in partial if t}) >= 3, "the echo model streams word by word"
+    for before, after in zip(partial, partial[1:]):
+        assert after.startswith(before) and len(after) >= len(before)
+    assert snaps[-1].text == partial[-1].strip() == bot.answer(ECHOED).text
+    assert snaps[-1].sources == snaps[0].sources  # sources are known before the first token
+
+
+def human_ai_turns(messages) -> list[tuple[str, str]]:
+    """The history the prompt carried: (human, ai) pairs between the system message and the
+    final human message holding the passages."""
+    assert isinstance(messages[0], SystemMessage) and isinstance(messages[-1], HumanMessage)
+    middle = messages[1:-1]
+    assert all(isinstance(m, HumanMessage if i % 2 == 0 else AIMessage) for i, m in enumerate(middle))
+    return [(middle[i].content, middle[i + 1].content) for i in range(0, len(middle), 2)]
+
+
+def test_history_reaches_the_prompt_capped_to_max_turns(bot):
+    history = [(f"Question number {i} about CSM?", f"Answer number {i}.") for i in range(1, 6)]
+
+    bot.answer("What does the CSPO certification focus on?", history)
+
+    assert bot.settings.max_history_turns == 3
+    assert human_ai_turns(bot.llm.calls[-1]) == history[-3:]
+    assert "What does the CSPO certification focus on?" in bot.llm.calls[-1][-1].content
+
+    one = Assistant(bot.settings.replace(max_history_turns=1), embeddings=bot.embeddings,
+                    embedder_name=bot.embedder_name, llm=EchoChatModel())
+    one.answer("What does the CSPO certification focus on?", history)
+    assert human_ai_turns(one.llm.calls[-1]) == history[-1:]
+
+
+def test_follow_up_question_searches_with_the_previous_question(bot, monkeypatch):
+    queries: list[str] = []
+    real = bot.embeddings.embed_query
+    monkeypatch.setattr(bot.embeddings, "embed_query", lambda text: queries.append(text) or real(text))
+    history = [("How do I get the CSPO certification?",
+                "Attend a two-day Certified Scrum Product Owner course and pass an online exam.")]
+
+    a = bot.answer("Who is it for?", history)
+
+    assert queries[0] == "How do I get the CSPO certification? Who is it for?"
+    assert not a.refused and any("CSPO" in s.text for s in a.sources)
+    queries.clear()
+    bot.answer("Who is it for?")  # no history: nothing to borrow
+    assert queries[0] == "Who is it for?"
+    queries.clear()
+    bot.answer("What certification suits business analysts?", history)  # stands on its own
+    assert queries[0] == "What certification suits business analysts?"
+
+
+@pytest.mark.parametrize("question, message", [
+    ("", "The question is empty."),
+    ("   \n\t  ", "The question is empty."),
+    ("\x00\x07\u200b", "The question is empty."),
+    ("a" * 100_000, "The question is 100,000 characters long; the limit is 2,000."),
+    (None, "The question must be text."),
+])
+def test_bad_questions_get_a_clear_message(fake_assistant, question, message):
+    # no index on purpose: the question is checked before anything else happens
+    with pytest.raises(BadQuestionError) as err:
+        fake_assistant.answer(question)
+    assert err.value.message == message
+    if "empty" in message or "limit" in message:
+        assert err.value.hint  # says what to do instead
+
+
+def test_control_characters_and_broken_surrogates_are_cleaned(bot):
+    a = bot.answer("Which\x00 certification\x07 is sought\u200b by business\r\nanalysts?\ud800")
+
+    assert not a.refused
+    assert "Which certification is sought by business analysts?" in a.question
+    a.question.encode("utf-8")  # no lone surrogates left
+    assert not [c for c in a.question if unicodedata.category(c)[0] == "C"]
+    assert "business analysts?" in bot.llm.calls[-1][-1].content
+
+
+def test_missing_index_says_what_to_run(fake_assistant):
+    with pytest.raises(IndexMissingError, match="scrumbot index"):
+        fake_assistant.answer(IN_SCOPE)
+
+
+def test_extractive_mode_answers_from_passages_without_an_llm(settings, corpus, monkeypatch):
+    import scrumbot.llm
+
+    def no_llm(_settings):
+        raise AssertionError("extractive mode must not build a chat model")
+
+    monkeypatch.setattr(scrumbot.llm, "chat_model", no_llm)
+    bot = Assistant(settings.replace(llm="extractive", min_score=0.2), embeddings=FakeEmbeddings(),
+                    embedder_name="fake")
+    bot.index()
+
+    a = bot.answer(IN_SCOPE)
+
+    assert bot.llm is None
+    assert not a.refused and a.sources
+    passages = " ".join(squash(s.text) for s in a.sources)
+    pieces = [p for p in re.split(r"(?<=[.!?])\s+", a.text) if p]
+    assert pieces and all(p in passages for p in pieces), a.text
+    assert "business analysts" in a.text  # the sentence that answers, not just any sentence
+    assert bot.answer(OUT_OF_SCOPE).refused
