@@ -248,6 +248,12 @@ class Store:
             # what this path covered before and is gone (or no longer indexable) now
             gone = sorted((scope - {sf.rel for sf in present} - unreadable) | (dropped & scope))
             rm = self._record_manager(root)
+            # The record manager is local to this app instance but the index may be shared (a
+            # Chroma server): records of chunks another instance deleted are dropped, so that
+            # lc_index writes those chunks again instead of trusting the records and skipping them.
+            for name, _ in changed:
+                held = set(self._ids_of(collection, f"{root}::{name}"))
+                rm.delete_keys([k for k in rm.list_keys(group_ids=[f"{root}::{name}"]) if k not in held])
             if todo:
                 total = len(todo)
                 done = [0]
@@ -262,6 +268,14 @@ class Store:
                                   batch_size=256, key_encoder="sha256")
                 report.chunks_embedded += result["num_added"]
                 report.chunks_deleted += result["num_deleted"]
+                # ... and older chunks of a changed file that these records never listed (written
+                # by another instance, or before a crash) are deleted: one version per file.
+                for name, _ in changed:
+                    group = f"{root}::{name}"
+                    stale = set(self._ids_of(collection, group)) - set(rm.list_keys(group_ids=[group]))
+                    if stale:
+                        vs.delete(ids=sorted(stale))
+                        report.chunks_deleted += len(stale)
             for name, existed in changed:
                 (report.updated if existed else report.added).append(name)
             if gone:
@@ -277,6 +291,10 @@ class Store:
                     report.removed.append(name)
         report.seconds = time.perf_counter() - started
         return report
+
+    @staticmethod
+    def _ids_of(collection, source_id: str) -> list[str]:
+        return collection.get(where={"source_id": source_id}, include=[])["ids"]
 
     def _files_under(self, collection, root: str) -> dict[str, set[str]]:
         data = collection.get(where={"root": root}, include=["metadatas"])
