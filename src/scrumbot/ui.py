@@ -62,7 +62,9 @@ def _history(messages: list[dict]) -> list[tuple[str, str]]:
     return pairs
 
 
-def build_app(assistant: Assistant):
+def make_respond(assistant: Assistant):
+    """The chat handler: (message, chat) -> streamed (textbox, chat, sources) updates.
+    A function of its own so tests can drive it without a browser or a server."""
     apply_offline_env()
     import gradio as gr
 
@@ -84,6 +86,14 @@ def build_app(assistant: Assistant):
             raise gr.Error("Something went wrong while answering. The details are in the server log; "
                            "please try again.", print_exception=False) from None
 
+    return respond
+
+
+def build_app(assistant: Assistant):
+    apply_offline_env()
+    import gradio as gr
+
+    respond = make_respond(assistant)
     with gr.Blocks(title="scrumbot") as app:
         gr.Markdown("## scrumbot\nAsk about the course. Answers come only from the course material, "
                     "and every answer shows the passages it came from.")
