@@ -56,7 +56,8 @@ class Settings:
     collection: str = "scrumbot"
     # Chroma server instead of the embedded store: "http://host:port"
     chroma_url: str | None = None
-    chroma_token: str | None = None
+    chroma_token: str | None = None  # sent as "Authorization: Bearer <token>"
+    chroma_headers: str | None = None  # more headers for a proxy, as JSON: {"X-Chroma-Token": "..."}
 
     # chunking (measured in the eval: see README "Answer quality")
     chunk_size: int = 600
@@ -77,6 +78,9 @@ class Settings:
     openai_base_url: str | None = None
     openai_model: str | None = None
     openai_api_key: str | None = None
+    # servers (Chroma, OpenAI-compatible): seconds to connect, and to wait for the next bytes
+    # of a response (an answer's first token, or the next one while it streams)
+    connect_timeout: float = 5.0
     request_timeout: float = 60.0
 
     # questions
@@ -115,7 +119,7 @@ class Settings:
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict, with secrets masked (for `status` and logs)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        for secret in ("openai_api_key", "chroma_token", "auth"):
+        for secret in ("openai_api_key", "chroma_token", "chroma_headers", "auth"):
             if out[secret]:
                 out[secret] = "****"
         return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}

@@ -9,6 +9,7 @@ records which embedder built it; opening it with another one is refused."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -21,8 +22,8 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
 from .config import Settings
-from .errors import (EmbedderMismatchError, IndexCorruptError, IndexMissingError,
-                     StoreUnavailableError)
+from .errors import (ConfigError, EmbedderMismatchError, IndexCorruptError, IndexMissingError,
+                     ScrumbotError, StoreUnavailableError)
 from .ingest import SkipFile, discover, load_chunks, resolve_root
 
 MARKER = "scrumbot-index.json"
@@ -72,6 +73,40 @@ class _CountingEmbeddings(Embeddings):
         return self.inner.embed_query(text)
 
 
+def _server_errors(method):
+    """With a Chroma server, a failed request is the server's problem (down, frozen, refusing),
+    never a corrupt index: `--rebuild` would not help, and on a shared server it would delete
+    everyone's index. Say which server, what failed, and what to check."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as err:
+                if not self.settings.chroma_url or not _collection_vanished(err):
+                    raise
+                # another instance rebuilt the shared collection (a new id): open it again, once
+                self._vectorstore = None
+                return method(self, *args, **kwargs)
+        except ScrumbotError:
+            raise
+        except Exception as err:
+            if not self.settings.chroma_url:
+                raise
+            problem = _server_problem(err, self.settings)
+            if problem is None:
+                raise
+            raise StoreUnavailableError(
+                f"The Chroma server at {self.settings.chroma_url} {problem}",
+                "Check that `chroma run` is still up and reachable from here, then run the command "
+                "again (indexing picks up where it stopped). SCRUMBOT_REQUEST_TIMEOUT sets how long "
+                "scrumbot waits for an answer.",
+            ) from err
+
+    return wrapper
+
+
 class Store:
     def __init__(self, settings: Settings, embeddings: Embeddings, embedder_name: str):
         self.settings = settings
@@ -90,7 +125,7 @@ class Store:
         if self._client is None:
             try:
                 self._client = _make_client(self.settings)
-            except IndexCorruptError:
+            except ScrumbotError:
                 raise
             except Exception as err:
                 raise IndexCorruptError(f"The index at {self.location} could not be opened: {err}",
@@ -105,13 +140,16 @@ class Store:
             collection = client.get_collection(name)
         except Exception as err:  # chromadb raises NotFoundError (a ValueError subclass in 1.x)
             if "does not exist" not in str(err) and "not found" not in str(err).lower():
+                if self.settings.chroma_url:
+                    raise  # a server problem, not a corrupt index: see _server_errors
                 raise IndexCorruptError(
                     f"The index at {self.location} could not be read: {err}",
                     "Run `scrumbot index --rebuild` to build it again.",
                 ) from err
             if not create:
                 return None
-            collection = client.create_collection(
+            # get_or_create: app instances starting together on an empty server race to create it
+            collection = client.get_or_create_collection(
                 name,
                 metadata={"embedder": self.embedder_name, "format": INDEX_FORMAT},
                 configuration={"hnsw": {"space": "cosine"}},
@@ -125,6 +163,7 @@ class Store:
             )
         return collection
 
+    @_server_errors
     def vectorstore(self, create: bool = False, embeddings: Embeddings | None = None):
         from langchain_chroma import Chroma
 
@@ -156,10 +195,12 @@ class Store:
 
     # -- reading ------------------------------------------------------------------------------
 
+    @_server_errors
     def count(self) -> int:
         collection = self._collection(create=False)
         return 0 if collection is None else collection.count()
 
+    @_server_errors
     def search(self, query_vector: list[float], k: int) -> list[tuple[Document, float]]:
         """Top-k chunks by cosine similarity (1.0 = same direction)."""
         vs = self.vectorstore()
@@ -167,11 +208,13 @@ class Store:
         hits = vs.similarity_search_by_vector_with_relevance_scores(query_vector, k=k)
         return [(doc, 1.0 - float(distance)) for doc, distance in hits]
 
+    @_server_errors
     def all_chunks(self) -> list[Document]:
         data = self.vectorstore()._collection.get(include=["documents", "metadatas"])
         return [Document(page_content=t, metadata=m, id=i)
                 for i, t, m in zip(data["ids"], data["documents"], data["metadatas"])]
 
+    @_server_errors
     def status(self) -> dict:
         collection = self._collection(create=False)
         if collection is None:
@@ -190,6 +233,7 @@ class Store:
 
     # -- writing ------------------------------------------------------------------------------
 
+    @_server_errors
     def rebuild(self) -> None:
         """Forget everything indexed, so the next `index` embeds all from scratch."""
         try:
@@ -202,11 +246,13 @@ class Store:
             client = self.client()
         try:
             client.delete_collection(self.settings.collection)
-        except Exception:  # there was none
-            pass
+        except Exception as err:  # there was none (or the server failed: say so)
+            if self.settings.chroma_url and _server_problem(err, self.settings):
+                raise
         (self.settings.index_dir / "records.sqlite").unlink(missing_ok=True)
         self._vectorstore = None
 
+    @_server_errors
     def index(self, paths: Iterable[Path], progress: Callable[[int, int], None] | None = None) -> IndexReport:
         """Bring the index in line with `paths` (folders or files); see the module docstring."""
         from langchain_core.indexing import index as lc_index
@@ -310,18 +356,7 @@ def _make_client(settings: Settings):
 
     chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
     if settings.chroma_url:
-        from urllib.parse import urlparse
-
-        url = urlparse(settings.chroma_url if "://" in settings.chroma_url else f"http://{settings.chroma_url}")
-        headers = {"Authorization": f"Bearer {settings.chroma_token}"} if settings.chroma_token else None
-        try:
-            return chromadb.HttpClient(host=url.hostname or "127.0.0.1", port=url.port or 8000,
-                                       ssl=url.scheme == "https", headers=headers, settings=chroma_settings)
-        except Exception as err:
-            raise StoreUnavailableError(
-                f"Could not reach the Chroma server at {settings.chroma_url}: {err}",
-                "Check that `chroma run` is up and SCRUMBOT_CHROMA_URL is right.",
-            ) from err
+        return _http_client(settings, chroma_settings)
     d = settings.index_dir
     if d.exists() and not d.is_dir():
         raise IndexCorruptError(f"{d} is a file, not an index folder.",
@@ -341,3 +376,100 @@ def _make_client(settings: Settings):
             f"The index at {d} could not be opened: {err}",
             "Run `scrumbot index --rebuild` to build it again.",
         ) from err
+
+
+def chroma_headers(settings: Settings) -> dict[str, str]:
+    """The headers every request to the Chroma server carries (SCRUMBOT_CHROMA_TOKEN/_HEADERS)."""
+    headers = {"Authorization": f"Bearer {settings.chroma_token}"} if settings.chroma_token else {}
+    if settings.chroma_headers:
+        try:
+            extra = json.loads(settings.chroma_headers)
+            if not isinstance(extra, dict):
+                raise ValueError("not an object")
+        except ValueError as err:
+            raise ConfigError(f"SCRUMBOT_CHROMA_HEADERS is not a JSON object of headers ({err}).",
+                              'Write it like {"X-Chroma-Token": "secret"}.') from None
+        headers.update({str(k): str(v) for k, v in extra.items()})
+    return headers
+
+
+def _http_client(settings: Settings, chroma_settings):
+    """A client of the Chroma server at SCRUMBOT_CHROMA_URL, checked to answer before use.
+
+    chromadb's HttpClient waits forever by default (no timeout), so a frozen server would hang
+    every question: the heartbeat is tried with SCRUMBOT_CONNECT_TIMEOUT/REQUEST_TIMEOUT first,
+    and the client's own requests get the same limits."""
+    import chromadb
+    import httpx
+    from urllib.parse import urlparse
+
+    raw = settings.chroma_url
+    url = urlparse(raw if "://" in raw else f"http://{raw}")
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(f"SCRUMBOT_CHROMA_URL={raw!r} is not a server address.",
+                          "Write it like http://127.0.0.1:8000.")
+    host, port, ssl = url.hostname, url.port or (443 if url.scheme == "https" else 8000), url.scheme == "https"
+    headers = chroma_headers(settings)
+    timeout = httpx.Timeout(settings.request_timeout, connect=settings.connect_timeout)
+    heartbeat = f"{url.scheme}://{host}:{port}/api/v2/heartbeat"
+    check = "Check that `chroma run --host ... --port ...` is up and reachable from here, and that SCRUMBOT_CHROMA_URL points at it."
+    try:
+        response = httpx.get(heartbeat, headers=headers, timeout=timeout)
+    except httpx.TimeoutException as err:
+        raise StoreUnavailableError(
+            f"The Chroma server at {raw} did not answer (tried GET {heartbeat}: {type(err).__name__} "
+            f"after {settings.connect_timeout:g}s to connect / {settings.request_timeout:g}s to answer).",
+            check + " SCRUMBOT_CONNECT_TIMEOUT and SCRUMBOT_REQUEST_TIMEOUT set how long to wait.",
+        ) from None
+    except httpx.HTTPError as err:
+        raise StoreUnavailableError(
+            f"Could not reach the Chroma server at {raw} (tried GET {heartbeat}: {type(err).__name__}: {err}).",
+            check,
+        ) from None
+    if response.status_code in (401, 403):
+        raise StoreUnavailableError(
+            f"The Chroma server at {raw} refused scrumbot's credentials (GET {heartbeat}: HTTP "
+            f"{response.status_code}).",
+            "Set SCRUMBOT_CHROMA_TOKEN (sent as a Bearer token) or SCRUMBOT_CHROMA_HEADERS to what it expects.",
+        )
+    if response.status_code != 200:
+        raise StoreUnavailableError(
+            f"{raw} does not answer like a Chroma 1.x server (GET {heartbeat}: HTTP {response.status_code}).",
+            check,
+        )
+    try:
+        client = chromadb.HttpClient(host=host, port=port, ssl=ssl, headers=headers or None,
+                                     settings=chroma_settings)
+    except Exception as err:
+        raise StoreUnavailableError(f"The Chroma server at {raw} answered its heartbeat but refused "
+                                    f"a client: {err}", check) from err
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if isinstance(session, httpx.Client):
+        session.timeout = timeout
+    return client
+
+
+def _collection_vanished(err: BaseException) -> bool:
+    from chromadb.errors import NotFoundError
+
+    return isinstance(err, NotFoundError)
+
+
+def _server_problem(err: BaseException, settings: Settings) -> str | None:
+    """What went wrong talking to the Chroma server, in words; None if it was something else."""
+    import httpx
+    from chromadb.errors import ChromaError, NotFoundError
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, httpx.TimeoutException):
+            return (f"did not answer within {settings.request_timeout:g}s "
+                    f"({type(seen).__name__}); it may be frozen or overloaded.")
+        if isinstance(seen, httpx.TransportError):
+            return f"stopped answering ({type(seen).__name__}: {seen})."
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(err, NotFoundError):
+        return None
+    if isinstance(err, ChromaError) or type(err) is Exception:  # chromadb's error for a non-JSON reply
+        return f"answered with an error: {err}"
+    return None
