@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -234,6 +236,11 @@ def discover_as_nobody(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
         finally:
             os._exit(status)
     os.close(write_end)
+    # a child forked from a threaded process could in principle deadlock: never wait forever
+    if not select.select([read_end], [], [], 20)[0]:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("discover() as nobody did not finish within 20 s")
     with os.fdopen(read_end, "rb") as fh:
         out = fh.read()
     _, status = os.waitpid(pid, 0)
