@@ -187,3 +187,19 @@ def test_extractive_mode_answers_from_passages_without_an_llm(settings, corpus, 
     assert pieces and all(p in passages for p in pieces), a.text
     assert "business analysts" in a.text  # the sentence that answers, not just any sentence
     assert bot.answer(OUT_OF_SCOPE).refused
+
+
+def test_status_and_a_missing_index_do_not_load_the_embedder(settings, monkeypatch):
+    """Loading torch and MiniLM takes seconds; `scrumbot status` and the 'run scrumbot index'
+    error must not wait for it."""
+    import scrumbot.api
+
+    def no_model():
+        raise AssertionError("the embedding model was loaded")
+
+    monkeypatch.setattr(scrumbot.api, "_huggingface_embeddings", no_model)
+    bot = Assistant(settings)  # the real configuration: no fakes given
+
+    assert bot.status()["index"]["exists"] is False
+    with pytest.raises(IndexMissingError, match="scrumbot index"):
+        bot.answer(IN_SCOPE)

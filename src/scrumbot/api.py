@@ -58,6 +58,20 @@ def _huggingface_embeddings() -> Embeddings:
     )
 
 
+class _OnFirstUse(Embeddings):
+    """Stands in for the embedder until something is embedded: `scrumbot status` and the
+    'no index yet' error should not wait seconds for torch and the model to load."""
+
+    def __init__(self, load: Callable[[], Embeddings]):
+        self._load = load
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self._load().embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._load().embed_query(text)
+
+
 class Assistant:
     """One course assistant: an index, an embedder and a chat model, built from Settings.
 
@@ -91,12 +105,12 @@ class Assistant:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store(self.settings, self.embeddings, self.embedder_name)
+            self._store = Store(self.settings, _OnFirstUse(lambda: self.embeddings), self.embedder_name)
         return self._store
 
     @property
     def retriever(self) -> Retriever:
-        return Retriever(self.settings, self.store, self.embeddings)
+        return Retriever(self.settings, self.store, self.store.embeddings)
 
     @property
     def llm(self) -> BaseChatModel | None:

@@ -76,6 +76,7 @@ class Retriever:
 
     def retrieve(self, question: str, history: list[tuple[str, str]] | None = None) -> Retrieval:
         query = search_query(question, history or [])
+        self.store.vectorstore()  # no index: say so before the embedder loads
         vector = self.embeddings.embed_query(query)
         hits = self.store.search(vector, k=self.settings.k)
         passages = sorted((Source.from_document(d, s) for d, s in hits), key=lambda p: -p.score)
