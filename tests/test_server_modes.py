@@ -9,18 +9,21 @@ import contextlib
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from _pytest.fixtures import FixtureFunctionDefinition
 
 import test_api
 import test_store
-from conftest import FakeEmbeddings
-from scrumbot import Settings
-from scrumbot.errors import ConfigError, IndexMissingError, StoreUnavailableError
-from servers import AuthProxy, chroma_server, free_port
+from conftest import CORPUS, REAL_MODELS_DIR, EchoChatModel, FakeEmbeddings
+from scrumbot import Assistant, Settings
+from scrumbot.errors import ConfigError, IndexMissingError, LLMUnavailableError, StoreUnavailableError
+from servers import AuthProxy, chroma_server, free_port, http_status, llama_server
 
 pytestmark = pytest.mark.slow
 
@@ -276,3 +279,290 @@ def test_token_and_headers_reach_a_checking_proxy(settings, docs: Path, chroma):
 
     with pytest.raises(ConfigError, match="SCRUMBOT_CHROMA_HEADERS"):
         test_store.make_assistant(settings.replace(chroma_headers="X-Chroma-Token: s3cret")).status()
+
+
+# -- the OpenAI-compatible server (llama.cpp's) ----------------------------------------------------
+
+MODEL_FILE = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"  # the default model, so answers match
+ALIAS = "qwen2.5-coder-1.5b"
+API_KEY = "test-key-0123"
+IN_SCOPE = "Which certification is sought by business analysts?"
+OUT_OF_SCOPE = "Which volcano erupted near Reykjavik yesterday?"
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """`python -m llama_cpp.server` with the packaged default model, behind an API key.
+
+    Tests that crash or freeze it leave it running again (same port) when they finish."""
+    model = REAL_MODELS_DIR / MODEL_FILE
+    if not model.exists():
+        pytest.fail(f"{model} is missing: run `scrumbot models fetch` (make setup does).")
+    log = tmp_path_factory.mktemp("llama") / "llama.log"
+    with llama_server(model, ALIAS, log, api_key=API_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def openai_env(monkeypatch, llama):
+    """SCRUMBOT_LLM=openai and friends, set the way a deployment sets them: in the environment."""
+    env = {"SCRUMBOT_LLM": "openai", "SCRUMBOT_OPENAI_BASE_URL": f"{llama.url}/v1",
+           "SCRUMBOT_OPENAI_MODEL": ALIAS, "SCRUMBOT_OPENAI_API_KEY": API_KEY,
+           # short answers and prompts keep the tests quick on a shared 2-core CPU
+           "SCRUMBOT_MAX_TOKENS": "40", "SCRUMBOT_K": "2", "SCRUMBOT_MAX_CONTEXT_CHARS": "900"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+def openai_assistant(settings: Settings, **changes) -> Assistant:
+    """The real prompt, chain and ChatOpenAI against the server; the index in the Chroma server
+    (with the fake embedder, which is not the point here)."""
+    s = Settings.from_env(corpus_dir=CORPUS, index_dir=settings.index_dir, chroma_url=settings.chroma_url,
+                          collection=settings.collection, min_score=0.2).replace(**changes)
+    return Assistant(s, embeddings=FakeEmbeddings(), embedder_name="fake-bag-of-words")
+
+
+def test_openai_backend_streams_and_answers(settings, openai_env):
+    bot = openai_assistant(settings)
+    assert bot.settings.llm == "openai"
+    bot.index()
+
+    snapshots = list(bot.stream(IN_SCOPE))
+    partial = [s.text for s in snapshots if not s.done and s.text]
+    final = snapshots[-1]
+    assert final.done and not final.refused
+    assert len(partial) >= 3, "the answer should arrive in pieces"
+    assert all(b.startswith(a) for a, b in zip(partial, partial[1:]))
+    assert "CSPO" in final.text or "Product Owner" in final.text, final.text
+    assert final.sources and final.sources[0].source == "product-owner-101.txt"
+    assert 0 < final.timings["first_token_s"] < final.timings["total_s"]
+
+    answer = bot.answer("What does the CSPO certification focus on?")
+    assert not answer.refused
+    assert any(w in answer.text.lower() for w in ("product", "backlog", "customer")), answer.text
+    assert "openai-compatible qwen2.5-coder-1.5b at http://127.0.0.1:" in bot.status()["llm"]
+    assert bot.status()["settings"]["openai_api_key"] == "****"
+
+
+def test_server_down_at_start_is_a_fast_clear_error(settings, openai_env, monkeypatch):
+    base = f"http://127.0.0.1:{free_port()}/v1"
+    monkeypatch.setenv("SCRUMBOT_OPENAI_BASE_URL", base)
+    bot = openai_assistant(settings)
+    bot.index()
+    for _ in range(2):  # and again: nothing stays stuck (the lock, a half-built model)
+        started = time.perf_counter()
+        with pytest.raises(LLMUnavailableError) as err:
+            bot.answer(IN_SCOPE)
+        assert time.perf_counter() - started < 3
+        message = str(err.value)
+        assert f"Could not reach the OpenAI-compatible server at {base}" in message
+        assert f"tried GET {base}/models: ConnectError" in message
+        assert "SCRUMBOT_OPENAI_BASE_URL" in message
+    # questions the course doesn't cover are still answered: they never need the model
+    assert bot.answer(OUT_OF_SCOPE).refused
+
+
+def test_wrong_model_name(settings, openai_env, llama, monkeypatch):
+    # llama.cpp's server answers any model name with the model it has, and echoes the name back:
+    request = {"model": "no-such-model", "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]}
+    raw = httpx.post(f"{llama.url}/v1/chat/completions", json=request, timeout=120,
+                     headers={"Authorization": f"Bearer {API_KEY}"})
+    assert raw.status_code == 200 and raw.json()["model"] == "no-such-model"
+    # ... so scrumbot checks the name against the server's model list before the first question
+    monkeypatch.setenv("SCRUMBOT_OPENAI_MODEL", "qwen2.5-7b")
+    bot = openai_assistant(settings)
+    bot.index()
+    started = time.perf_counter()
+    with pytest.raises(LLMUnavailableError) as err:
+        bot.answer(IN_SCOPE)
+    assert time.perf_counter() - started < 3
+    assert "does not serve the model 'qwen2.5-7b'; it serves: qwen2.5-coder-1.5b" in str(err.value)
+    assert "SCRUMBOT_OPENAI_MODEL" in str(err.value)
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key"])
+def test_wrong_or_missing_api_key(settings, openai_env, monkeypatch, key):
+    monkeypatch.delenv("SCRUMBOT_OPENAI_API_KEY")
+    if key:
+        monkeypatch.setenv("SCRUMBOT_OPENAI_API_KEY", key)
+    bot = openai_assistant(settings)
+    bot.index()
+    with pytest.raises(LLMUnavailableError) as err:
+        bot.answer(IN_SCOPE)
+    assert "refused scrumbot's API key" in str(err.value) and "HTTP 401" in str(err.value)
+    assert "SCRUMBOT_OPENAI_API_KEY" in str(err.value)
+
+
+def test_frozen_server_times_out(settings, openai_env, llama, monkeypatch):
+    monkeypatch.setenv("SCRUMBOT_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("SCRUMBOT_CONNECT_TIMEOUT", "1")
+    checked = openai_assistant(settings)  # its model list was fetched before the freeze
+    checked.index()
+    assert checked.llm is not None
+    llama.pause()
+    try:
+        started = time.perf_counter()
+        with pytest.raises(LLMUnavailableError) as err:
+            checked.answer(IN_SCOPE)
+        took = time.perf_counter() - started
+        assert took < 8  # two tries (max_retries=1) of 2 s each, plus a back-off
+        assert "did not answer within 2s" in str(err.value) and "SCRUMBOT_REQUEST_TIMEOUT" in str(err.value)
+        assert f"tried POST {llama.url}/v1/chat/completions with model '{ALIAS}'" in str(err.value)
+
+        fresh = openai_assistant(settings)
+        started = time.perf_counter()
+        with pytest.raises(LLMUnavailableError, match=r"did not answer \(tried GET .*/models: ReadTimeout"):
+            fresh.answer(IN_SCOPE)
+        assert time.perf_counter() - started < 4
+    finally:
+        llama.resume()
+
+
+def test_server_killed_mid_answer_then_back(settings, openai_env, llama):
+    bot = openai_assistant(settings, max_tokens=120)
+    bot.index()
+    chunks = bot.status()["index"]["chunks"]
+    seen = ""
+    stream = bot.stream("How do I get the CSPO certification? Explain every step.")
+    with pytest.raises(LLMUnavailableError) as err:
+        for snapshot in stream:
+            if snapshot.text and not seen:
+                seen = snapshot.text
+                llama.kill()
+                killed = time.perf_counter()
+    assert seen, "the answer had started when the server died"
+    assert time.perf_counter() - killed < 3
+    assert "connection was lost mid-answer" in str(err.value)
+    assert f"POST {llama.url}/v1/chat/completions" in str(err.value)
+
+    # nothing corrupted, and the same Assistant keeps serving what it can while the server is down
+    assert bot.status()["index"]["chunks"] == chunks
+    assert bot.answer(OUT_OF_SCOPE).refused
+    with pytest.raises(LLMUnavailableError, match="could not be reached"):
+        bot.answer(IN_SCOPE)
+
+    llama.start()  # back, same port
+    answer = bot.answer(IN_SCOPE)
+    assert not answer.refused and ("CSPO" in answer.text or "Product Owner" in answer.text), answer.text
+
+
+# -- many questions at once, inside one app process -----------------------------------------------
+
+
+class Overlaps:
+    """Counts how many generations run at the same moment."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active = self.most = self.calls = 0
+
+    @contextlib.contextmanager
+    def running(self):
+        with self.lock:
+            self.active += 1
+            self.calls += 1
+            self.most = max(self.most, self.active)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+class SlowEcho(EchoChatModel):
+    """EchoChatModel that takes its time over every word (like a real model) and reports to an
+    Overlaps; `gate`, when given, holds the answer after its first word until it is set."""
+
+    overlaps: Any = None
+    gate: Any = None
+
+    def _stream(self, messages, stop=None, run_manager=None, **kw):
+        with self.overlaps.running():
+            for i, chunk in enumerate(super()._stream(messages, stop, run_manager, **kw)):
+                yield chunk
+                if i == 0 and self.gate is not None:
+                    assert self.gate.wait(60), "the test never released the answer"
+                time.sleep(0.01)
+
+
+@pytest.mark.parametrize("backend", ["llamacpp", "openai"])
+def test_threads_asking_at_once(settings, backend):
+    """The in-process model is not thread-safe: with it, generations never overlap. A server
+    backend queues (or batches) on its side, so there they may. The second case is also the
+    proof that the detector sees overlap when nothing prevents it."""
+    overlaps = Overlaps()
+    bot = Assistant(settings.replace(corpus_dir=CORPUS, llm=backend, min_score=0.2),
+                    embeddings=FakeEmbeddings(), embedder_name="fake-bag-of-words",
+                    llm=SlowEcho(overlaps=overlaps))
+    bot.index()
+    start = threading.Barrier(4)
+
+    def ask(question: str):
+        start.wait()
+        return bot.answer(question)
+
+    questions = [IN_SCOPE, "What does the CSPO certification focus on?"] * 2
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(ask, questions))
+    assert overlaps.calls == 4
+    assert all(not a.refused and a.text for a in answers)
+    assert answers[0].text == answers[2].text and answers[1].text == answers[3].text
+    assert (overlaps.most == 1) if backend == "llamacpp" else (overlaps.most > 1)
+
+
+def test_the_page_queues_questions_and_says_so(settings, monkeypatch):
+    """`scrumbot serve` with the in-process model (llamacpp) answers one question at a time; a
+    second visitor's question waits in Gradio's queue, and their page shows 'queue: 1/1'."""
+    from playwright.sync_api import expect, sync_playwright
+
+    import scrumbot.ui as ui
+
+    overlaps, gate = Overlaps(), threading.Event()
+    gate.set()  # serve() warms the model up with one question first
+    apps = []
+    monkeypatch.setattr(ui, "Assistant", lambda s: Assistant(
+        s, embeddings=FakeEmbeddings(), embedder_name="fake-bag-of-words",
+        llm=SlowEcho(overlaps=overlaps, gate=gate)))
+    monkeypatch.setattr(ui, "build_app", lambda assistant, _build=ui.build_app: apps.append(_build(assistant)) or apps[-1])
+    port = free_port()
+    served = settings.replace(corpus_dir=CORPUS, min_score=0.2, port=port)
+    assert served.llm == "llamacpp"
+    thread = threading.Thread(target=ui.serve, args=(served,), daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 60
+    while http_status(url) != 200:
+        assert thread.is_alive() and time.monotonic() < deadline, "the page did not come up"
+        time.sleep(0.2)
+    try:
+        gate.clear()
+        warm_up_calls = overlaps.calls
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
+                                         args=["--headless", "--no-sandbox", "--disable-gpu"])
+            first, second = browser.new_page(), browser.new_page()
+            for page in (first, second):
+                page.goto(url, wait_until="load")
+                expect(page.locator("#question textarea")).to_be_visible(timeout=30_000)
+            first.locator("#question textarea").fill(IN_SCOPE)
+            first.locator("#ask").click()
+            # the first answer has begun, and is held after its first word
+            deadline = time.monotonic() + 20
+            while overlaps.calls < warm_up_calls + 1:
+                assert time.monotonic() < deadline, "the first question never reached the model"
+                time.sleep(0.05)
+            second.locator("#question textarea").fill("What does the CSPO certification focus on?")
+            second.locator("#ask").click()
+            expect(second.locator("#chat")).to_contain_text("queue: 1/1", timeout=20_000)
+            assert overlaps.active == 1
+            gate.set()
+            for page in (first, second):
+                expect(page.locator("#chat")).to_contain_text("[1] product-owner-101.txt", timeout=30_000)
+            browser.close()
+        assert overlaps.calls == warm_up_calls + 2 and overlaps.most == 1  # one at a time
+    finally:
+        gate.set()
+        for app in apps:
+            app.close()
+        thread.join(timeout=10)

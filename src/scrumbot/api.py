@@ -8,6 +8,7 @@ Everything heavy (embedder, Chroma, the LLM) is created on first use and kept.""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import unicodedata
@@ -20,7 +21,7 @@ from langchain_core.language_models.chat_models import BaseChatModel
 
 from .chain import NOT_COVERED, build_chain, chain_inputs, extractive_answer, is_refusal
 from .config import Settings, apply_offline_env
-from .errors import BadQuestionError, ConfigError, LLMUnavailableError
+from .errors import BadQuestionError, ConfigError, ScrumbotError
 from .models import EMBEDDER_NAME, embedder_path
 from .retrieve import Retriever, Source
 from .store import IndexReport, Store
@@ -194,16 +195,19 @@ class Assistant:
             yield from extractive_answer(question, passages, self.embeddings)
             return
         inputs = chain_inputs(question, passages, history, self.settings.max_context_chars)
-        with self._generate_lock:
+        # An OpenAI-compatible server queues or batches requests itself; only an in-process
+        # model needs them one at a time.
+        one_at_a_time = self._generate_lock if self.settings.llm != "openai" else contextlib.nullcontext()
+        with one_at_a_time:
             try:
                 yield from self.chain.stream(inputs)
+            except ScrumbotError:
+                raise
             except Exception as err:
                 if self.settings.llm == "openai":
-                    raise LLMUnavailableError(
-                        f"The OpenAI-compatible server at {self.settings.openai_base_url} failed: "
-                        f"{type(err).__name__}: {err}",
-                        "Check that the server is running and SCRUMBOT_OPENAI_MODEL names a model it serves.",
-                    ) from err
+                    from .llm import explain_openai_error
+
+                    raise explain_openai_error(err, self.settings) from err
                 raise
 
 

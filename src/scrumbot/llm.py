@@ -74,16 +74,99 @@ def _openai(settings: Settings) -> BaseChatModel:
             "Set SCRUMBOT_OPENAI_BASE_URL (e.g. http://127.0.0.1:8000/v1) and SCRUMBOT_OPENAI_MODEL.",
         )
     try:
+        import httpx
         from langchain_openai import ChatOpenAI
     except ImportError:
         raise LLMUnavailableError("langchain-openai is not installed.",
                                   "Run `pip install langchain-openai`.") from None
+    # a float would also bound the connect phase by request_timeout: a dead host would hang a
+    # minute before saying so
+    timeout = httpx.Timeout(settings.request_timeout, connect=settings.connect_timeout)
+    check_openai_server(settings, timeout)
     return ChatOpenAI(
         base_url=settings.openai_base_url,
         model=settings.openai_model,
         api_key=settings.openai_api_key or "not-needed",
-        timeout=settings.request_timeout,
+        timeout=timeout,
         max_retries=1,
         temperature=settings.temperature,
         max_tokens=settings.max_tokens,
     )
+
+
+def check_openai_server(settings: Settings, timeout) -> None:
+    """Ask the server which models it serves (GET /models) before the first question.
+
+    Fails fast and clearly when it is unreachable, refuses the key, or does not serve
+    SCRUMBOT_OPENAI_MODEL. The last matters because some servers (llama.cpp's, serving one
+    model) answer any model name with the model they have: without this check a typo would
+    go unnoticed. Servers without a model list are let through."""
+    import httpx
+
+    base = settings.openai_base_url.rstrip("/")
+    tried = f"GET {base}/models"
+    headers = {"Authorization": f"Bearer {settings.openai_api_key}"} if settings.openai_api_key else {}
+    try:
+        response = httpx.get(f"{base}/models", headers=headers, timeout=timeout)
+    except httpx.TimeoutException as err:
+        raise LLMUnavailableError(
+            f"The OpenAI-compatible server at {base} did not answer (tried {tried}: "
+            f"{type(err).__name__} after {settings.connect_timeout:g}s to connect / "
+            f"{settings.request_timeout:g}s to answer).",
+            "Check that the server is up and not overloaded; SCRUMBOT_CONNECT_TIMEOUT and "
+            "SCRUMBOT_REQUEST_TIMEOUT set how long scrumbot waits.",
+        ) from None
+    except httpx.HTTPError as err:
+        raise LLMUnavailableError(
+            f"Could not reach the OpenAI-compatible server at {base} (tried {tried}: "
+            f"{type(err).__name__}: {err}).",
+            "Start the server, or fix SCRUMBOT_OPENAI_BASE_URL (it usually ends in /v1); "
+            "SCRUMBOT_LLM=llamacpp or extractive answer without a server.",
+        ) from None
+    if response.status_code in (401, 403):
+        raise LLMUnavailableError(
+            f"The OpenAI-compatible server at {base} refused scrumbot's API key "
+            f"({tried}: HTTP {response.status_code}).",
+            "Set SCRUMBOT_OPENAI_API_KEY to the key the server expects.",
+        )
+    if response.status_code != 200:
+        return  # no model list here; a wrong name or URL is explained at the first question
+    try:
+        served = [m["id"] for m in response.json().get("data", []) if isinstance(m, dict) and "id" in m]
+    except (ValueError, AttributeError):
+        return
+    if served and settings.openai_model not in served:
+        raise LLMUnavailableError(
+            f"The OpenAI-compatible server at {base} does not serve the model "
+            f"{settings.openai_model!r}; it serves: {', '.join(served)}.",
+            "Set SCRUMBOT_OPENAI_MODEL to one of those names.",
+        )
+
+
+def explain_openai_error(err: BaseException, settings: Settings) -> LLMUnavailableError:
+    """An error from the OpenAI-compatible server while answering, in words: what was tried,
+    what went wrong, what to check."""
+    import openai
+
+    base = (settings.openai_base_url or "?").rstrip("/")
+    tried = f"POST {base}/chat/completions with model {settings.openai_model!r}"
+    restart = "Check that the server is running (and see its log), then ask again."
+    if isinstance(err, openai.APITimeoutError):
+        what = f"did not answer within {settings.request_timeout:g}s"
+        hint = "The server may be overloaded or frozen. SCRUMBOT_REQUEST_TIMEOUT sets how long scrumbot waits."
+    elif isinstance(err, openai.APIConnectionError):
+        what = "could not be reached, or the connection was lost mid-answer"
+        hint = restart
+    elif isinstance(err, openai.AuthenticationError | openai.PermissionDeniedError):
+        what = f"refused the API key (HTTP {err.status_code})"
+        hint = "Set SCRUMBOT_OPENAI_API_KEY to the key the server expects."
+    elif isinstance(err, openai.NotFoundError):
+        what = f"has no such model or path (HTTP 404: {err.message})"
+        hint = "Check SCRUMBOT_OPENAI_MODEL and SCRUMBOT_OPENAI_BASE_URL (it usually ends in /v1)."
+    elif isinstance(err, openai.APIStatusError):
+        what = f"answered HTTP {err.status_code}: {err.message}"
+        hint = restart
+    else:
+        what = f"failed: {type(err).__name__}: {err}"
+        hint = restart
+    return LLMUnavailableError(f"The OpenAI-compatible server at {base} {what} (tried {tried}).", hint)
