@@ -31,14 +31,18 @@ SYSTEM = (
 )
 
 
-def build_chain(llm: BaseChatModel) -> Runnable:
-    """LCEL: {context, question, history} -> answer text (streams token by token)."""
-    prompt = ChatPromptTemplate.from_messages([
+def build_prompt() -> ChatPromptTemplate:
+    """{context, question, history} -> chat messages, the static system prompt first."""
+    return ChatPromptTemplate.from_messages([
         ("system", SYSTEM),
         MessagesPlaceholder("history"),
         ("human", "Course passages:\n{context}\n\nQuestion: {question}"),
     ])
-    return prompt | llm | StrOutputParser()
+
+
+def build_chain(llm: BaseChatModel) -> Runnable:
+    """LCEL: {context, question, history} -> answer text (streams token by token)."""
+    return build_prompt() | llm | StrOutputParser()
 
 
 def chain_inputs(question: str, passages: list[Source], history: list[tuple[str, str]],
