@@ -62,6 +62,7 @@ class Settings:
     # chunking (measured in the eval: see README "Answer quality")
     chunk_size: int = 600
     chunk_overlap: int = 80
+    max_file_mb: int = 20  # bigger files are skipped (with that reason) before being read
 
     # retrieval and the "not covered" gate
     k: int = 3

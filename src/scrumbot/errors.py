@@ -41,3 +41,11 @@ class StoreUnavailableError(ScrumbotError):
 
 class BadQuestionError(ScrumbotError):
     """The question cannot be answered as given (empty, too long, unreadable)."""
+
+
+class IndexBusyError(ScrumbotError):
+    """Another process is writing to the index right now."""
+
+
+class DiskFullError(ScrumbotError):
+    """The disk holding the index has no room left for a write."""

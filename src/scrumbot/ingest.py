@@ -19,6 +19,9 @@ from langchain_core.documents import Document
 from .config import Settings
 
 SUPPORTED = (".txt", ".md", ".markdown", ".pdf", ".html", ".htm", ".docx")
+# The default of SCRUMBOT_MAX_FILE_MB. Checked before a file is read, so a huge file costs
+# nothing: 20 MB of text is ~35,000 chunks, half an hour of embedding on a laptop CPU; a bigger
+# "document" is more likely a log or a dump than course material.
 MAX_FILE_BYTES = 20 * 1024 * 1024
 
 
@@ -40,7 +43,7 @@ def resolve_root(path: Path) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def discover(path: Path) -> tuple[list[SourceFile], list[tuple[str, str]]]:
+def discover(path: Path, max_bytes: int = MAX_FILE_BYTES) -> tuple[list[SourceFile], list[tuple[str, str]]]:
     """Indexable files under `path` (a folder or one file) and (name, reason) for the rest."""
     path = path.expanduser()
     if not path.exists():
@@ -70,8 +73,9 @@ def discover(path: Path) -> tuple[list[SourceFile], list[tuple[str, str]]]:
             size = file.stat().st_size
             if size == 0:
                 raise SkipFile("empty file")
-            if size > MAX_FILE_BYTES:
-                raise SkipFile(f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
+            if size > max_bytes:
+                raise SkipFile(f"{size / (1024 * 1024):.0f} MB, larger than the {max_bytes / (1024 * 1024):g} MB "
+                               "limit (SCRUMBOT_MAX_FILE_MB raises it)")
             files.append(SourceFile(file, root, rel, _sha256(file)))
         except SkipFile as why:
             skipped.append((rel, str(why)))

@@ -5,13 +5,24 @@ every chunk it wrote, so an unchanged chunk is never embedded twice, and `cleanu
 drops the old chunks of a changed file. Each chunk also carries its file's SHA-256, so files
 whose bytes did not change are not even re-read, and files that disappeared from a folder are
 found by comparing the folder with what the index holds for it. The collection's metadata
-records which embedder built it; opening it with another one is refused."""
+records which embedder built it; opening it with another one is refused.
+
+Interrupting an index run must not leave the index half-updated: everything is read and embedded
+first (the slow part, minutes), and only then written, one path at a time, in one batch per path
+with Ctrl-C held until the batch is written. A run killed while writing leaves a journal
+(UNFINISHED) that makes the next run redo those files. Every write is stamped (LAST_WRITE) so an
+app serving from the same folder in another process re-opens the index: Chroma's embedded client
+keeps searching its in-memory vectors otherwise, never seeing the new content."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
+import os
 import shutil
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -22,12 +33,16 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
 from .config import Settings
-from .errors import (ConfigError, EmbedderMismatchError, IndexCorruptError, IndexMissingError,
-                     ScrumbotError, StoreUnavailableError)
+from .errors import (ConfigError, DiskFullError, EmbedderMismatchError, IndexBusyError,
+                     IndexCorruptError, IndexMissingError, ScrumbotError, StoreUnavailableError)
 from .ingest import SkipFile, discover, load_chunks, resolve_root
 
 MARKER = "scrumbot-index.json"
 INDEX_FORMAT = 1
+LAST_WRITE = "last-write"  # touched after every write: other processes re-open the index
+UNFINISHED = "unfinished-write.json"  # the files a write was updating when it was killed
+LOCK = "index.lock"
+EMBED_BATCH = 64  # texts per embedder call: the progress bar moves at least this often
 
 
 @dataclass
@@ -58,19 +73,105 @@ class IndexReport:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-class _CountingEmbeddings(Embeddings):
-    """Passes through to the real embedder, counting documents for the progress bar."""
+class _Precomputed(Embeddings):
+    """Vectors embedded before any write, handed to the indexing API so writing is quick."""
 
-    def __init__(self, inner: Embeddings, on_batch: Callable[[int], None]):
-        self.inner, self.on_batch = inner, on_batch
+    def __init__(self, inner: Embeddings, vectors: dict[str, object]):
+        self.inner, self.vectors = inner, vectors
 
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        vectors = self.inner.embed_documents(texts)
-        self.on_batch(len(texts))
-        return vectors
+    def embed_documents(self, texts: list[str]) -> list:
+        return [self.vectors[t] if t in self.vectors else self.inner.embed_documents([t])[0] for t in texts]
 
     def embed_query(self, text: str) -> list[float]:
         return self.inner.embed_query(text)
+
+
+def _embed_all(embeddings: Embeddings, texts: list[str], progress: Callable[[int, int], None] | None) -> dict:
+    """text -> vector (float32, to keep a large folder's vectors small in memory)."""
+    import numpy as np
+
+    vectors: dict[str, object] = {}
+    for start in range(0, len(texts), EMBED_BATCH):
+        batch = texts[start:start + EMBED_BATCH]
+        for text, vector in zip(batch, embeddings.embed_documents(batch)):
+            vectors[text] = np.asarray(vector, dtype=np.float32)
+        if progress:
+            progress(min(start + EMBED_BATCH, len(texts)), len(texts))
+    return vectors
+
+
+@contextlib.contextmanager
+def _held_signals():
+    """Ctrl-C (and SIGTERM) wait until the block is done, then act: a write stopped halfway
+    would leave part of the new content beside the old."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+def _damage(err: BaseException) -> str | None:
+    """What is broken in an embedded index, from Chroma's error; None if it is something else."""
+    from chromadb.errors import ChromaError
+
+    text = str(err)
+    signs = ("hnsw", "segment", "malformed", "not a database", "pickle", "deserializ", "no such table")
+    if isinstance(err, ChromaError) and any(s in text.lower() for s in signs):
+        return text.splitlines()[0][:300]
+    return None
+
+
+def _records_damaged(err: BaseException) -> bool:
+    try:
+        from sqlalchemy.exc import DatabaseError
+    except ImportError:  # pragma: no cover - langchain_classic brings sqlalchemy
+        return False
+    text = str(err).lower()
+    return isinstance(err, DatabaseError) and "locked" not in text and not _disk_full(err)
+
+
+def _check_vector_files(d: Path) -> None:
+    """A vector file cut short (a copy interrupted, a full disk) crashes Chroma's native code
+    with a segmentation fault on the first search, so the sizes its header promises are checked
+    before Chroma opens the folder."""
+    import struct
+
+    for header in d.glob("*/header.bin"):
+        try:
+            raw = header.read_bytes()
+            version, _, _, count, per_element = struct.unpack_from("<iQQQQ", raw, 0)
+            data = header.with_name("data_level0.bin").stat().st_size
+        except (OSError, struct.error):
+            continue  # not the layout this check knows: leave it to Chroma
+        if version == 1 and data < count * per_element:
+            raise IndexCorruptError(
+                f"The index at {d} is damaged: {header.parent.name}/data_level0.bin has {data:,} bytes "
+                f"where its header promises {count * per_element:,} (a copy cut short, or a full disk?).",
+                "Run `scrumbot index --rebuild` to build it again.",
+            )
+
+
+def _disk_full(err: BaseException) -> bool:
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(seen).lower()
+        if "disk is full" in text or "no space left" in text or "disk quota" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _server_errors(method):
@@ -93,7 +194,11 @@ def _server_errors(method):
             raise
         except Exception as err:
             if not self.settings.chroma_url:
-                raise
+                damage = _damage(err)
+                if damage is None:
+                    raise
+                raise IndexCorruptError(f"The index at {self.location} is damaged ({damage}).",
+                                        "Run `scrumbot index --rebuild` to build it again.") from err
             problem = _server_problem(err, self.settings)
             if problem is None:
                 raise
@@ -114,6 +219,9 @@ class Store:
         self.embedder_name = embedder_name
         self._client = None
         self._vectorstore = None
+        self._seen_write: float | None = None  # the LAST_WRITE stamp when the client was opened
+        # searches and re-opening the client must not overlap (closing stops Chroma's system)
+        self._lock = threading.RLock()
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -122,7 +230,29 @@ class Store:
         return self.settings.chroma_url or str(self.settings.index_dir)
 
     def client(self):
+        with self._lock:
+            if self._client is not None and not self.settings.chroma_url:
+                if _last_write(self.settings.index_dir) != self._seen_write:
+                    self._reopen()  # another process wrote to the index
+            if self._client is None:
+                self._open()
+            return self._client
+
+    def _reopen(self) -> None:
+        client, self._client, self._vectorstore = self._client, None, None
+        with contextlib.suppress(Exception):
+            client.close()  # the last client of a folder closing drops Chroma's cached vectors
+
+    def _wrote(self) -> None:
+        """Stamp a finished write, so that other processes re-open the index (not this one)."""
+        if not self.settings.chroma_url:
+            stamp = self.settings.index_dir / LAST_WRITE
+            stamp.write_text(f"{time.time():.6f} {os.getpid()}\n")
+            self._seen_write = _last_write(self.settings.index_dir)
+
+    def _open(self) -> None:
         if self._client is None:
+            self._seen_write = _last_write(self.settings.index_dir)
             try:
                 self._client = _make_client(self.settings)
             except ScrumbotError:
@@ -130,7 +260,6 @@ class Store:
             except Exception as err:
                 raise IndexCorruptError(f"The index at {self.location} could not be opened: {err}",
                                         "Run `scrumbot index --rebuild` to build it again.") from err
-        return self._client
 
     def _collection(self, create: bool):
         """The Chroma collection, checked for the right embedder; None if absent and not create."""
@@ -167,6 +296,7 @@ class Store:
     def vectorstore(self, create: bool = False, embeddings: Embeddings | None = None):
         from langchain_chroma import Chroma
 
+        client = self.client()  # first: it may re-open, dropping the cached vectorstore
         if embeddings is None and self._vectorstore is not None:
             return self._vectorstore
         collection = self._collection(create)
@@ -175,7 +305,7 @@ class Store:
                 f"There is no index at {self.location} yet.",
                 "Run `scrumbot index` (indexes corpus/) or `scrumbot index PATH`.",
             )
-        vs = Chroma(client=self.client(), collection_name=collection.name,
+        vs = Chroma(client=client, collection_name=collection.name,
                     embedding_function=embeddings or self.embeddings,
                     create_collection_if_not_exists=False)
         if embeddings is None:
@@ -203,9 +333,20 @@ class Store:
     @_server_errors
     def search(self, query_vector: list[float], k: int) -> list[tuple[Document, float]]:
         """Top-k chunks by cosine similarity (1.0 = same direction)."""
-        vs = self.vectorstore()
-        # langchain_chroma returns raw cosine *distances* from this method (despite its name)
-        hits = vs.similarity_search_by_vector_with_relevance_scores(query_vector, k=k)
+        with self._lock:
+            vs = self.vectorstore()
+            # langchain_chroma returns raw cosine *distances* from this method (despite its name)
+            hits = vs.similarity_search_by_vector_with_relevance_scores(query_vector, k=k)
+            if len(hits) < k and not self.settings.chroma_url and len(hits) < (held := self.count()):
+                # Chroma answers from whatever vectors it could load: missing vector files give
+                # fewer hits, silently. Stale vectors (another process just wrote) are re-read first.
+                self._reopen()
+                hits = self.vectorstore().similarity_search_by_vector_with_relevance_scores(query_vector, k=k)
+                if len(hits) < min(k, held):
+                    raise IndexCorruptError(
+                        f"The index at {self.location} is damaged: it holds {held} passages but its "
+                        f"vector files give only {len(hits)} (files missing or cut short?).",
+                        "Run `scrumbot index --rebuild` to build it again.")
         return [(doc, 1.0 - float(distance)) for doc, distance in hits]
 
     @_server_errors
@@ -237,35 +378,65 @@ class Store:
     def rebuild(self) -> None:
         """Forget everything indexed, so the next `index` embeds all from scratch."""
         try:
-            client = self.client()
+            self.client()
         except IndexCorruptError:
             d = self.settings.index_dir
             if self.settings.chroma_url or not (d / MARKER).exists():
                 raise  # never delete a folder that is not ours
+            self._reopen()
             shutil.rmtree(d)
+        with self._writer():
             client = self.client()
-        try:
-            client.delete_collection(self.settings.collection)
-        except Exception as err:  # there was none (or the server failed: say so)
-            if self.settings.chroma_url and _server_problem(err, self.settings):
-                raise
-        (self.settings.index_dir / "records.sqlite").unlink(missing_ok=True)
-        self._vectorstore = None
+            try:
+                client.delete_collection(self.settings.collection)
+            except Exception as err:  # there was none (or the server failed: say so)
+                if self.settings.chroma_url and _server_problem(err, self.settings):
+                    raise
+            (self.settings.index_dir / "records.sqlite").unlink(missing_ok=True)
+            self._vectorstore = None
+            self._set_unfinished(set())
+            self._wrote()
 
     @_server_errors
     def index(self, paths: Iterable[Path], progress: Callable[[int, int], None] | None = None) -> IndexReport:
         """Bring the index in line with `paths` (folders or files); see the module docstring."""
-        from langchain_core.indexing import index as lc_index
-
         started = time.perf_counter()
         report = IndexReport()
+        try:
+            with self._writer():
+                self._index(paths, progress, report)
+        except ScrumbotError:
+            raise
+        except Exception as err:
+            if _records_damaged(err):
+                raise IndexCorruptError(
+                    f"The index's record of what it holds ({self.settings.index_dir / 'records.sqlite'}) "
+                    f"is damaged: {err.__class__.__name__}: {str(err).splitlines()[0]}",
+                    "Run `scrumbot index --rebuild` to build it again.") from err
+            if not _disk_full(err):
+                raise
+            raise DiskFullError(
+                f"The disk holding the index ({self.settings.index_dir}) is full. What this run had "
+                "not finished writing is not in the index; what it finished is.",
+                "Free some space there (or point SCRUMBOT_INDEX_DIR at a disk with room), then run "
+                "`scrumbot index` again: it finishes the work without duplicates.",
+            ) from err
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _index(self, paths: Iterable[Path], progress: Callable[[int, int], None] | None,
+               report: IndexReport) -> None:
+        from langchain_core.indexing import index as lc_index
+
         collection = self._collection(create=True)
+        # files a killed run was writing: redone even if their bytes match what the index holds
+        pending = self._unfinished()
         for path in paths:
             target = Path(path).expanduser().resolve()
             root = resolve_root(target).as_posix()
             prior = self._files_under(collection, root)  # rel -> set of file hashes
             if target.exists():
-                present, skipped = discover(target)
+                present, skipped = discover(target, max_bytes=self.settings.max_file_mb * 1024 * 1024)
                 scope = set(prior) if target.is_dir() else {target.relative_to(root).as_posix()} & set(prior)
             else:
                 rel = target.relative_to(root).as_posix()
@@ -280,7 +451,7 @@ class Store:
             unreadable = {name for name, why in skipped if why.startswith("cannot read")}
             dropped: set[str] = set()
             for sf in present:
-                if prior.get(sf.rel) == {sf.sha256}:
+                if prior.get(sf.rel) == {sf.sha256} and f"{root}::{sf.rel}" not in pending:
                     report.unchanged.append(sf.rel)
                     continue
                 try:
@@ -300,43 +471,94 @@ class Store:
             for name, _ in changed:
                 held = set(self._ids_of(collection, f"{root}::{name}"))
                 rm.delete_keys([k for k in rm.list_keys(group_ids=[f"{root}::{name}"]) if k not in held])
-            if todo:
-                total = len(todo)
-                done = [0]
+            # The slow part, before anything is written: stopping here leaves the index untouched.
+            vectors = _embed_all(self.embeddings, [d.page_content for d in todo], progress) if todo else {}
+            touched = {f"{root}::{name}" for name, _ in changed} | {f"{root}::{name}" for name in gone}
+            if not touched:
+                continue
+            with _held_signals():
+                self._set_unfinished(pending | touched)
+                if todo:
+                    vs = self.vectorstore(create=True, embeddings=_Precomputed(self.embeddings, vectors))
+                    # one batch: a file is never half in the index
+                    result = lc_index(todo, rm, vs, cleanup="incremental", source_id_key="source_id",
+                                      batch_size=min(len(todo), self._max_batch()), key_encoder="sha256")
+                    report.chunks_embedded += result["num_added"]
+                    report.chunks_deleted += result["num_deleted"]
+                    # ... and older chunks of a changed file that these records never listed (written
+                    # by another instance, or before a crash) are deleted: one version per file.
+                    for name, _ in changed:
+                        group = f"{root}::{name}"
+                        stale = set(self._ids_of(collection, group)) - set(rm.list_keys(group_ids=[group]))
+                        if stale:
+                            vs.delete(ids=sorted(stale))
+                            report.chunks_deleted += len(stale)
+                for name, existed in changed:
+                    (report.updated if existed else report.added).append(name)
+                if gone:
+                    vs = self.vectorstore(create=True)
+                    for name in gone:
+                        keys = rm.list_keys(group_ids=[f"{root}::{name}"])
+                        # also chunks written before a crash, which the record manager never saw
+                        ids = set(keys) | set(collection.get(where={"source_id": f"{root}::{name}"})["ids"])
+                        if ids:
+                            vs.delete(ids=list(ids))
+                        rm.delete_keys(keys)
+                        report.chunks_deleted += len(ids)
+                        report.removed.append(name)
+                self._wrote()
+                pending -= touched
+                self._set_unfinished(pending)
 
-                def tick(n: int) -> None:
-                    done[0] += n
-                    if progress:
-                        progress(done[0], total)
+    # -- one writer at a time, and what it left unfinished ----------------------------------------
 
-                vs = self.vectorstore(create=True, embeddings=_CountingEmbeddings(self.embeddings, tick))
-                result = lc_index(todo, rm, vs, cleanup="incremental", source_id_key="source_id",
-                                  batch_size=256, key_encoder="sha256")
-                report.chunks_embedded += result["num_added"]
-                report.chunks_deleted += result["num_deleted"]
-                # ... and older chunks of a changed file that these records never listed (written
-                # by another instance, or before a crash) are deleted: one version per file.
-                for name, _ in changed:
-                    group = f"{root}::{name}"
-                    stale = set(self._ids_of(collection, group)) - set(rm.list_keys(group_ids=[group]))
-                    if stale:
-                        vs.delete(ids=sorted(stale))
-                        report.chunks_deleted += len(stale)
-            for name, existed in changed:
-                (report.updated if existed else report.added).append(name)
-            if gone:
-                vs = self.vectorstore(create=True)
-                for name in gone:
-                    keys = rm.list_keys(group_ids=[f"{root}::{name}"])
-                    # also chunks written before a crash, which the record manager never saw
-                    ids = set(keys) | set(collection.get(where={"source_id": f"{root}::{name}"})["ids"])
-                    if ids:
-                        vs.delete(ids=list(ids))
-                    rm.delete_keys(keys)
-                    report.chunks_deleted += len(ids)
-                    report.removed.append(name)
-        report.seconds = time.perf_counter() - started
-        return report
+    @contextlib.contextmanager
+    def _writer(self):
+        """Hold the index's lock: two index runs interleaving their writes would mix versions."""
+        import fcntl
+
+        self.client()  # first: refuses a folder that is not an index before writing anything there
+        d = self.settings.index_dir
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / LOCK, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "?"
+                raise IndexBusyError(
+                    f"Another `scrumbot index` (process {holder}) is updating {self.location} right now.",
+                    "Wait for it to finish, then run the command again.",
+                ) from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _unfinished(self) -> set[str]:
+        try:
+            return set(json.loads((self.settings.index_dir / UNFINISHED).read_text())["sources"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return set()
+
+    def _set_unfinished(self, sources: set[str]) -> None:
+        path = self.settings.index_dir / UNFINISHED
+        if not sources:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"sources": sorted(sources)}))
+        os.replace(tmp, path)  # never a half-written journal
+
+    def _max_batch(self) -> int:
+        try:
+            return max(1, int(self.client().get_max_batch_size()))
+        except Exception:
+            return 1000
 
     @staticmethod
     def _ids_of(collection, source_id: str) -> list[str]:
@@ -348,6 +570,13 @@ class Store:
         for meta in data["metadatas"]:
             files[meta["source"]].add(meta.get("file_sha256", ""))
         return files
+
+
+def _last_write(index_dir: Path) -> int | None:
+    try:
+        return (index_dir / LAST_WRITE).stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _make_client(settings: Settings):
@@ -369,9 +598,16 @@ def _make_client(settings: Settings):
             f"{d} holds files that are not a scrumbot index.",
             "Point SCRUMBOT_INDEX_DIR at an empty or new folder, then run `scrumbot index`.",
         )
+    _check_vector_files(d)
     try:
         return chromadb.PersistentClient(path=str(d), settings=chroma_settings)
     except Exception as err:
+        # chromadb caches a system per folder even when it failed to start; a retry (after
+        # `--rebuild` deleted the folder) would get that broken one back
+        from chromadb.api.shared_system_client import SharedSystemClient
+
+        SharedSystemClient._identifier_to_system.pop(str(d), None)
+        SharedSystemClient._identifier_to_refcount.pop(str(d), None)
         raise IndexCorruptError(
             f"The index at {d} could not be opened: {err}",
             "Run `scrumbot index --rebuild` to build it again.",
