@@ -518,6 +518,11 @@ class Store:
         import fcntl
 
         self.client()  # first: refuses a folder that is not an index before writing anything there
+        if self.settings.chroma_url:
+            # a lock file here would not stop an instance on another machine; instances sharing a
+            # server reconcile what they find instead (see index())
+            yield
+            return
         d = self.settings.index_dir
         d.mkdir(parents=True, exist_ok=True)
         with open(d / LOCK, "a+") as fh:
