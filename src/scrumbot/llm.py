@@ -90,7 +90,10 @@ def _openai(settings: Settings) -> BaseChatModel:
         timeout=timeout,
         max_retries=1,
         temperature=settings.temperature,
-        max_tokens=settings.max_tokens,
+        # langchain-openai sends a max_tokens= as `max_completion_tokens`, which llama.cpp's
+        # server ignores (answers then ran to the end of the context); every OpenAI-compatible
+        # server reads `max_tokens`
+        extra_body={"max_tokens": settings.max_tokens},
     )
 
 
