@@ -141,6 +141,31 @@ def test_two_app_instances_editing_the_same_file_leave_one_version(settings, doc
     assert b.index([docs]).chunks_embedded == 0
 
 
+def test_two_instances_indexing_at_the_same_time(settings, docs: Path, tmp_path: Path):
+    """Nothing locks the shared server (a lock file would not reach another machine): two runs
+    over the same files at once must still leave each file once, in its current version."""
+    a, _, b, _ = two_instances(settings, tmp_path)
+    a.index([docs])
+    (docs / "velocity.txt").write_text(test_store.paragraph("forecasting with yesterday's weather"))
+    (docs / "review.txt").unlink()
+    (docs / "retro.md").write_text(test_store.paragraph("the retrospective"))
+    start = threading.Barrier(2)
+
+    def run(bot):
+        start.wait()
+        return bot.index([docs])
+
+    with ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(run, [a, b]))
+    assert all(r.skipped == [] for r in reports)
+    test_store.assert_no_duplicates(a)
+    assert sorted({m["source"] for _, _, m in test_store.rows(a)}) == ["backlog.md", "retro.md", "velocity.txt"]
+    assert all("yesterday's weather" in t for t in test_store.texts_of(a, "velocity.txt"))
+    fresh = test_store.make_assistant(settings.replace(index_dir=tmp_path / "fresh", collection="fresh-" + settings.collection))
+    fresh.index([docs])
+    assert sorted(t for _, t, _ in test_store.rows(a)) == sorted(t for _, t, _ in test_store.rows(fresh))
+
+
 def test_a_rebuild_by_another_instance_does_not_strand_this_one(settings, docs: Path, tmp_path: Path):
     """b holds the collection open; a rebuilds it (delete + create: a new collection id)."""
     a, _, b, _ = two_instances(settings, tmp_path)
