@@ -340,7 +340,9 @@ def openai_env(monkeypatch, llama):
     """SCRUMBOT_LLM=openai and friends, set the way a deployment sets them: in the environment."""
     env = {"SCRUMBOT_LLM": "openai", "SCRUMBOT_OPENAI_BASE_URL": f"{llama.url}/v1",
            "SCRUMBOT_OPENAI_MODEL": ALIAS, "SCRUMBOT_OPENAI_API_KEY": API_KEY,
-           "SCRUMBOT_MAX_TOKENS": "40"}  # short answers keep the tests quick on a shared 2-core CPU
+           # short answers keep the tests quick on a shared 2-core CPU (shorter prompts, fewer
+           # passages, made the model refuse: prompts stay as in production)
+           "SCRUMBOT_MAX_TOKENS": "40"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
@@ -382,9 +384,10 @@ def test_openai_backend_streams_and_answers(openai_assistant):
     assert final.sources and final.sources[0].source == "product-owner-101.txt"
     assert 0 < final.timings["first_token_s"] < final.timings["total_s"]
 
-    answer = bot.answer("Which certification focuses on the Scrum framework and Agile principles?")
-    assert not answer.refused
-    assert "CSM" in answer.text or "ScrumMaster" in answer.text, answer.text
+    # the same question again (llama.cpp reuses the cached prompt: quick) through answer()
+    answer = bot.answer(IN_SCOPE)
+    assert not answer.refused and "Product Owner" in answer.text, answer.text
+    assert answer.timings["total_s"] < final.timings["total_s"]
     assert "openai-compatible qwen2.5-coder-1.5b at http://127.0.0.1:" in bot.status()["llm"]
     assert bot.status()["settings"]["openai_api_key"] == "****"
 
