@@ -35,7 +35,15 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ScrumbotError as err:
-            raise click.ClickException(str(err)) from None
+            raise click.ClickException(_masked(str(err))) from None
+
+
+def _masked(message: str) -> str:
+    """An error message without the secrets of the current settings (a server's reply may quote them)."""
+    try:
+        return Settings.from_env().mask(message)
+    except ValueError:
+        return message
 
 
 @click.group(cls=_Group)
@@ -72,6 +80,12 @@ def index(paths: tuple[Path, ...], rebuild: bool, as_json: bool) -> None:
         report = assistant.index(paths or None, rebuild=rebuild, progress=progress)
     except FileNotFoundError as err:
         raise click.ClickException(f"{err}. Check the path, then run the command again.") from None
+    except KeyboardInterrupt:
+        # the store holds Ctrl-C while it writes, so nothing is ever half-written
+        click.echo("\nInterrupted. Nothing was left half-written: the index holds what this run had "
+                   "finished and answers as before for the rest. Run `scrumbot index` again to finish.",
+                   err=True)
+        raise SystemExit(130) from None
     finally:
         if bar is not None:
             bar.close()
@@ -128,6 +142,43 @@ def status(as_json: bool) -> None:
         click.echo(f"from {root}:")
         for name, n in sorted(files.items()):
             click.echo(f"  {name} ({n} chunks)")
+
+
+@main.command("eval")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--corpus", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Index PATH into a temporary index and answer from it (repeatable); "
+                   "default: the current index.")
+@click.option("--baseline", is_flag=True,
+              help="Also run the naive LangChain-tutorial pipeline on the same questions, side by side.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary and every result as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Save a summary chart (PNG) to PATH.")
+def eval_(files: tuple[Path, ...], corpus: tuple[Path, ...], baseline: bool, as_json: bool,
+          plot: Path | None) -> None:
+    """Measure answer quality on question FILES (.jsonl): accuracy, refusals, hit@k, latency.
+
+    A line is {"id", "q", "must": [[...]], "must_not": [[...]], "refuse": bool, "source": stem},
+    or a conversation {"id", "turns": [...]} asked with its history (see the README)."""
+    from .evaluate import evaluate, plot as save_plot
+
+    settings = _settings()
+
+    def progress(system: str, outcome) -> None:
+        if not as_json:
+            mark = "ok" if outcome.correct else outcome.kind.upper()
+            click.echo(f"  {system} {outcome.case.id}: {mark} ({outcome.seconds:.1f}s)", err=True)
+
+    report = evaluate(list(files), settings, corpus=list(corpus) or None, baseline=baseline,
+                      progress=progress, assistant=_assistant(settings))
+    if plot:
+        save_plot(report, plot)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(report.table())
+        if plot:
+            click.echo(f"chart: {plot}")
 
 
 @main.group()
