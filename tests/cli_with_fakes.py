@@ -5,7 +5,12 @@ predictable: interrupting `scrumbot index` mid-batch, two processes on one index
     python tests/cli_with_fakes.py index DOCS
 
 SCRUMBOT_TEST_EMBED_DELAY (seconds per text, default 0) slows embedding down so a signal can
-land in the middle of a batch; each finished batch prints `embedded N` on stderr."""
+land in the middle of a batch; each finished batch prints `embedded N` on stderr.
+SCRUMBOT_TEST_WRITE_GATE (a file) makes each write of chunks to Chroma print `wrote N chunks`
+and then wait while that file exists (at most two minutes), so a test can act between the
+writes of one run and then let it go on by deleting the file.
+SCRUMBOT_TEST_FILL_DISK (a file) is written, right after the store checked there is room for
+its write, until the disk is full: another program filling the disk at the worst moment."""
 
 from __future__ import annotations
 
@@ -44,6 +49,39 @@ def main() -> None:
 
     api._huggingface_embeddings = SlowFakeEmbeddings
     api.EMBEDDER_NAME = EMBEDDER
+    gate = os.environ.get("SCRUMBOT_TEST_WRITE_GATE")
+    if gate:
+        from chromadb.api.models.Collection import Collection
+
+        real_upsert = Collection.upsert
+
+        def upsert_then_wait(self, *args, **kwargs):
+            result = real_upsert(self, *args, **kwargs)
+            print(f"wrote {len(kwargs.get('ids') or args[0])} chunks", file=sys.stderr, flush=True)
+            deadline = time.monotonic() + 120
+            while os.path.exists(gate) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return result
+
+        Collection.upsert = upsert_then_wait
+    filler = os.environ.get("SCRUMBOT_TEST_FILL_DISK")
+    if filler:
+        import scrumbot.store as store
+
+        real_check = store.Store._check_room
+
+        def check_then_fill(self, todo, vectors):
+            real_check(self, todo, vectors)
+            with open(filler, "wb") as fh:
+                try:
+                    while True:
+                        fh.write(b"\0" * 65536)
+                        fh.flush()
+                except OSError:
+                    pass  # full
+            print("disk filled", file=sys.stderr, flush=True)
+
+        store.Store._check_room = check_then_fill
     cli()
 
 

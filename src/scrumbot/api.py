@@ -9,6 +9,7 @@ Everything heavy (embedder, Chroma, the LLM) is created on first use and kept.""
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import unicodedata
@@ -19,14 +20,16 @@ from typing import Callable, Iterable, Iterator
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.chat_models import BaseChatModel
 
-from .chain import NOT_COVERED, build_chain, chain_inputs, extractive_answer, is_refusal
+from .chain import NOT_COVERED, SYSTEM, build_chain, chain_inputs, extractive_answer, is_refusal
 from .config import Settings, apply_offline_env
 from .errors import BadQuestionError, ConfigError, ScrumbotError
 from .models import EMBEDDER_NAME, embedder_path
+from .guard import Grounding, clean_passages
 from .retrieve import Retriever, Source
 from .store import IndexReport, Store
 
 apply_offline_env()
+log = logging.getLogger("scrumbot.api")
 
 History = list[tuple[str, str]]
 
@@ -105,9 +108,10 @@ class Assistant:
 
     @property
     def store(self) -> Store:
-        if self._store is None:
-            self._store = Store(self.settings, _OnFirstUse(lambda: self.embeddings), self.embedder_name)
-        return self._store
+        with self._init_lock:  # one store (one Chroma client) even when the first questions race
+            if self._store is None:
+                self._store = Store(self.settings, _OnFirstUse(lambda: self.embeddings), self.embedder_name)
+            return self._store
 
     @property
     def retriever(self) -> Retriever:
@@ -175,20 +179,35 @@ class Assistant:
             yield Answer(NOT_COVERED, True, [], question, True, timings)
             return
         passages = [p for p in retrieval.passages if p.score >= self.settings.min_score]
+        # The model reads the passages without sentences addressed to it, and only what its
+        # answer grounds in them is shown (guard.py: documents and questions cannot change the rules).
+        readable = clean_passages(passages)
+        grounding = Grounding(readable, question, SYSTEM)
         partial = Answer("", False, passages, question, False, timings)
         yield partial
-        text = ""
-        for piece in self._generate(question, passages, history):
+        text = shown = ""
+        for piece in self._generate(question, readable, history) if readable else ():
             if not text:
                 timings["first_token_s"] = round(time.perf_counter() - t0, 4)
             text += piece
-            yield replace(partial, text=text)
+            visible = grounding.visible(text)
+            if visible != shown and visible.startswith(shown):  # never take back what was shown
+                shown = visible
+                yield replace(partial, text=shown)
         timings["total_s"] = round(time.perf_counter() - t0, 4)
         text = text.strip()
         if not text or is_refusal(text):
             yield Answer(NOT_COVERED, True, [], question, True, timings)
-        else:
-            yield Answer(text, False, passages, question, True, timings)
+            return
+        grounded, dropped = grounding.check(text)
+        for sentence, why in dropped:
+            log.info("left out of the answer to %r (%s): %r", question[:80], why, sentence)
+        if not grounded or is_refusal(grounded):
+            yield Answer(NOT_COVERED, True, [], question, True, timings)
+            return
+        if grounded != shown and grounded.startswith(shown):
+            yield replace(partial, text=grounded)
+        yield Answer(grounded, False, passages, question, True, timings)
 
     def _generate(self, question: str, passages: list[Source], history: History) -> Iterator[str]:
         if self.settings.llm == "extractive":
@@ -215,9 +234,7 @@ def clean_question(question: str, max_chars: int) -> str:
     if not isinstance(question, str):
         raise BadQuestionError("The question must be text.")
     # invalid surrogates (from broken decoding) and control characters carry no meaning here
-    question = question.encode("utf-8", "replace").decode("utf-8")
-    question = "".join(c for c in question if c in "\n\t" or unicodedata.category(c)[0] != "C")
-    question = " ".join(question.split())
+    question = clean_text(question)
     if not question:
         raise BadQuestionError("The question is empty.", "Type a question about the course.")
     if len(question) > max_chars:
@@ -231,11 +248,21 @@ def clean_question(question: str, max_chars: int) -> str:
 def clean_history(history: History | None, settings: Settings) -> History:
     if not history:
         return []
+    # only well-formed (question, answer) pairs; a client may send anything
+    pairs = [t for t in history if isinstance(t, (tuple, list)) and len(t) == 2
+             and all(isinstance(x, str) for x in t)]
     turns = []
-    for turn in list(history)[-settings.max_history_turns:]:
-        q, a = turn
-        turns.append((" ".join(str(q).split())[:500], " ".join(str(a).split())[:500]))
+    for q, a in pairs[-settings.max_history_turns:]:
+        q, a = (clean_text(x)[:500] for x in (q, a))
+        turns.append((q, a))
     return turns
+
+
+def clean_text(text: str) -> str:
+    """Text as the pipeline can use it: no broken surrogates, no control characters, spaces squeezed."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    text = "".join(c for c in text if c in "\n\t" or unicodedata.category(c)[0] != "C")
+    return " ".join(text.split())
 
 
 _default: Assistant | None = None

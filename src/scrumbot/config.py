@@ -5,7 +5,9 @@ Imports nothing of ours, so every other module can take a Settings without cycle
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,21 @@ class Settings:
             if out[secret]:
                 out[secret] = "****"
         return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
+
+    def mask(self, text: str) -> str:
+        """`text` with every secret of these settings, and any password in a URL, as ****: for
+        error messages and log lines, which may quote a server's reply or a URL."""
+        secrets = [self.openai_api_key, self.chroma_token, self.auth]
+        if self.auth and ":" in self.auth:
+            secrets.append(self.auth.split(":", 1)[1])
+        if self.chroma_headers:
+            try:
+                secrets += [str(v) for v in json.loads(self.chroma_headers).values()]
+            except (ValueError, AttributeError):
+                secrets.append(self.chroma_headers)
+        for secret in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
+            text = text.replace(secret, "****")
+        return re.sub(r"(?<=://)[^/\s:@]+:[^/\s@]+@", "****@", text)
 
 
 def _parse(f: dataclasses.Field, raw: str) -> Any:

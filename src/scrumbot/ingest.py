@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,10 @@ def discover(path: Path, max_bytes: int = MAX_FILE_BYTES) -> tuple[list[SourceFi
         # followlinks=False: a symlink loop cannot make this walk forever.
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=None):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for d in dirnames:
+                if (Path(dirpath) / d).is_symlink():  # os.walk lists it but does not go in
+                    skipped.append(((Path(dirpath) / d).relative_to(root).as_posix(),
+                                    "symlinked folder, not followed"))
             for name in sorted(filenames):
                 if not name.startswith("."):
                     candidates.append(Path(dirpath) / name)
@@ -68,9 +73,10 @@ def discover(path: Path, max_bytes: int = MAX_FILE_BYTES) -> tuple[list[SourceFi
                 raise SkipFile(f"unsupported type {file.suffix or '(none)'}")
             if file.is_symlink() and not _inside(file.resolve(), root):
                 raise SkipFile("symlink pointing outside the indexed folder")
-            if not file.is_file():
+            info = file.stat()  # a file gone since the walk listed it fails here: "cannot read"
+            if not stat.S_ISREG(info.st_mode):
                 raise SkipFile("not a regular file")
-            size = file.stat().st_size
+            size = info.st_size
             if size == 0:
                 raise SkipFile("empty file")
             if size > max_bytes:

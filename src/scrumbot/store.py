@@ -239,9 +239,22 @@ class Store:
             return self._client
 
     def _reopen(self) -> None:
-        client, self._client, self._vectorstore = self._client, None, None
+        """Open the index afresh: closing the last client of a folder stops Chroma's system,
+        dropping its cached vectors. Clients of one folder in one process share that system;
+        closing it under another would break that one, so a shared client is kept as it is."""
+        client = self._client
+        if client is None:
+            return
+        if not self.settings.chroma_url:
+            from chromadb.api.shared_system_client import SharedSystemClient
+
+            # a PersistentClient counts twice (itself and its admin client): more means shared
+            if SharedSystemClient._identifier_to_refcount.get(str(self.settings.index_dir), 0) > 2:
+                self._seen_write = _last_write(self.settings.index_dir)
+                return
+        self._client, self._vectorstore = None, None
         with contextlib.suppress(Exception):
-            client.close()  # the last client of a folder closing drops Chroma's cached vectors
+            client.close()
 
     def _wrote(self) -> None:
         """Stamp a finished write, so that other processes re-open the index (not this one)."""
@@ -337,9 +350,11 @@ class Store:
             vs = self.vectorstore()
             # langchain_chroma returns raw cosine *distances* from this method (despite its name)
             hits = vs.similarity_search_by_vector_with_relevance_scores(query_vector, k=k)
-            if len(hits) < k and not self.settings.chroma_url and len(hits) < (held := self.count()):
+            if (len(hits) < k and not self.settings.chroma_url and len(hits) < (held := self.count())
+                    and not _being_written(self.settings.index_dir)):
                 # Chroma answers from whatever vectors it could load: missing vector files give
-                # fewer hits, silently. Stale vectors (another process just wrote) are re-read first.
+                # fewer hits, silently. (While another process writes, this process's vectors
+                # are stale until the write is stamped, so nothing is concluded then.)
                 self._reopen()
                 hits = self.vectorstore().similarity_search_by_vector_with_relevance_scores(query_vector, k=k)
                 if len(hits) < min(k, held):
@@ -413,7 +428,9 @@ class Store:
                     f"The index's record of what it holds ({self.settings.index_dir / 'records.sqlite'}) "
                     f"is damaged: {err.__class__.__name__}: {str(err).splitlines()[0]}",
                     "Run `scrumbot index --rebuild` to build it again.") from err
-            if not _disk_full(err):
+            # Chroma reports a full disk in many ways ("Failed to apply logs to the metadata
+            # segment", ...): with next to no room left, that is what it is
+            if not _disk_full(err) and not (not self.settings.chroma_url and _free_bytes(self.settings.index_dir) < 2**22):
                 raise
             raise DiskFullError(
                 f"The disk holding the index ({self.settings.index_dir}) is full. What this run had "
@@ -476,6 +493,7 @@ class Store:
             touched = {f"{root}::{name}" for name, _ in changed} | {f"{root}::{name}" for name in gone}
             if not touched:
                 continue
+            self._check_room(todo, vectors)
             with _held_signals():
                 self._set_unfinished(pending | touched)
                 if todo:
@@ -544,6 +562,24 @@ class Store:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    def _check_room(self, todo: list[Document], vectors: dict) -> None:
+        """Refuse a write the disk cannot hold, before it starts: Chroma fails on a full disk
+        halfway through a write, sometimes as 'damaged', and was seen to hang in one run."""
+        if self.settings.chroma_url or not todo:
+            return
+        dim = len(next(iter(vectors.values()))) if vectors else 384
+        # measured ~4.5-6 KB per 124-character chunk of 256 floats; this errs on the large side
+        needed = sum(16 * dim + 8 * len(d.page_content) + 2048 for d in todo) + 2**20
+        free = _free_bytes(self.settings.index_dir)
+        if free < needed:
+            raise DiskFullError(
+                f"The disk holding the index ({self.settings.index_dir}) has {free / 2**20:.1f} MB free; writing "
+                f"{len(todo)} chunks needs about {needed / 2**20:.1f} MB. Nothing was written: the index "
+                "answers as before.",
+                "Free some space there (or point SCRUMBOT_INDEX_DIR at a disk with room), then run "
+                "`scrumbot index` again.",
+            )
+
     def _unfinished(self) -> set[str]:
         try:
             return set(json.loads((self.settings.index_dir / UNFINISHED).read_text())["sources"])
@@ -575,6 +611,30 @@ class Store:
         for meta in data["metadatas"]:
             files[meta["source"]].add(meta.get("file_sha256", ""))
         return files
+
+
+def _free_bytes(index_dir: Path) -> int:
+    try:
+        return shutil.disk_usage(index_dir).free
+    except OSError:
+        return 2**62  # cannot tell: let the write try
+
+
+def _being_written(index_dir: Path) -> bool:
+    """Is an index run (this process or another) holding the index's lock right now?"""
+    import fcntl
+
+    try:
+        fh = open(index_dir / LOCK)
+    except OSError:
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
 
 
 def _last_write(index_dir: Path) -> int | None:

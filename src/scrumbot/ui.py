@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import ipaddress
 import logging
+import re
 import sys
 
 from .api import Assistant, Answer
@@ -47,13 +48,45 @@ def sources_markdown(answer: Answer | None) -> str:
     return "\n\n".join(parts)
 
 
+def _text(value) -> str | None:
+    """A message's text: Gradio 6 sends content back as a list of parts ({"type": "text",
+    "text": ...}); a browser may send lone surrogates, which Gradio cannot send back as JSON."""
+    if isinstance(value, list):
+        parts = [p.get("text") for p in value if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        value = "\n".join(parts) if parts else None
+    if not isinstance(value, str):
+        return None
+    return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def _chat(messages) -> list[dict]:
+    """The conversation as plain {"role", "content": str} messages, whatever the client sent."""
+    chat = []
+    for m in messages if isinstance(messages, list) else []:
+        content = _text(m.get("content")) if isinstance(m, dict) else None
+        if content is not None and m.get("role") in ("user", "assistant"):
+            chat.append({"role": m["role"], "content": content})
+    return chat
+
+
+def for_the_page(message: str, settings: Settings) -> str:
+    """An error message as students may see it: no secrets, no local folders."""
+    from pathlib import Path
+
+    message = settings.mask(message)
+    for folder, name in ((settings.index_dir, "the index folder"), (settings.corpus_dir, "the corpus folder"),
+                         (settings.models_dir, "the models folder"), (Path.home(), "~")):
+        for form in {str(folder), str(folder.expanduser().resolve())}:
+            if len(form) > 1:
+                message = message.replace(form, name)
+    return re.sub(r"(?<![\w.:/~])/(?:[\w.-]+/)+[\w.-]*", "(a local path)", message)
+
+
 def _history(messages: list[dict]) -> list[tuple[str, str]]:
     """(question, answer) pairs from Gradio's messages, without the citation footers."""
     pairs, question = [], None
-    for m in messages or []:
-        content = m.get("content") if isinstance(m, dict) else None
-        if not isinstance(content, str):
-            continue
+    for m in _chat(messages):
+        content = m["content"]
         if m.get("role") == "user":
             question = content
         elif m.get("role") == "assistant" and question is not None:
@@ -69,8 +102,9 @@ def make_respond(assistant: Assistant):
     import gradio as gr
 
     def respond(message: str, chat: list[dict]):
-        chat = list(chat or [])
+        chat = _chat(chat)
         history = _history(chat)
+        message = _text(message) or ""
         chat += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         try:
             final = None
@@ -80,7 +114,7 @@ def make_respond(assistant: Assistant):
             chat[-1] = {"role": "assistant", "content": final.text + citations(final)}
             yield "", chat, sources_markdown(final)
         except ScrumbotError as err:
-            raise gr.Error(str(err), print_exception=False) from None
+            raise gr.Error(for_the_page(str(err), assistant.settings), print_exception=False) from None
         except Exception:
             log.exception("answering failed")
             raise gr.Error("Something went wrong while answering. The details are in the server log; "
@@ -118,6 +152,9 @@ def build_app(assistant: Assistant):
 
 def check_exposure(settings: Settings) -> None:
     """Refuse to serve beyond this machine without a password, unless explicitly told to."""
+    if settings.auth is not None and not re.fullmatch(r"[^:]+:.+", settings.auth):
+        raise ConfigError("SCRUMBOT_AUTH must be user:password (both parts non-empty).",
+                          "Set it like SCRUMBOT_AUTH=teacher:a-long-password.")
     try:
         loopback = settings.host == "localhost" or ipaddress.ip_address(settings.host).is_loopback
     except ValueError:
@@ -132,10 +169,27 @@ def check_exposure(settings: Settings) -> None:
     log.warning("SERVING %s WITHOUT AUTHENTICATION: anyone who can reach this port can use it.", settings.host)
 
 
+class MaskSecrets(logging.Filter):
+    """Log lines pass through Settings.mask: an error quoting a server's reply or a URL must not
+    put an API key or a password in the log."""
+
+    def __init__(self, settings: Settings):
+        super().__init__()
+        self.settings = settings
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = self.settings.mask(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.settings.mask(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
 def serve(settings: Settings | None = None) -> None:
     """Index the corpus if needed, load the models, then serve the page (blocks)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = settings or Settings.from_env()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(MaskSecrets(settings))
     check_exposure(settings)
     assistant = Assistant(settings)
     report = assistant.ensure_index()
