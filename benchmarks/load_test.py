@@ -115,7 +115,7 @@ class MemorySampler(threading.Thread):
         import psutil
 
         self.process = psutil.Process(pid)
-        self.interval, self.samples, self._stop = interval, [], threading.Event()
+        self.interval, self.samples, self._halt = interval, [], threading.Event()
 
     def rss_mb(self) -> float:
         import psutil
@@ -129,15 +129,15 @@ class MemorySampler(threading.Thread):
         return total / 2**20
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 self.samples.append(self.rss_mb())
             except Exception:
                 break
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(5)
 
 

@@ -79,7 +79,7 @@ def for_the_page(message: str, settings: Settings) -> str:
         for form in {str(folder), str(folder.expanduser().resolve())}:
             if len(form) > 1:
                 message = message.replace(form, name)
-    return re.sub(r"(?<![\w.:/~])/(?:[\w.-]+/)+[\w.-]*", "(a local path)", message)
+    return re.sub(r"(?<![\w.:/~])/(?:[\w.-]+/)+(?:[\w.-]*\w)?", "(a local path)", message)
 
 
 def _history(messages: list[dict]) -> list[tuple[str, str]]:
