@@ -27,6 +27,7 @@ import test_store
 from conftest import CORPUS, REAL_MODELS_DIR, REPO, EchoChatModel, FakeEmbeddings
 from scrumbot import Assistant, Settings
 from scrumbot.models import EMBEDDER_NAME
+from scrumbot.store import MARKER
 from scrumbot.errors import ConfigError, IndexMissingError, LLMUnavailableError, StoreUnavailableError
 from servers import AuthProxy, ServerProcess, chroma_server, free_port, http_status, llama_server
 
@@ -82,10 +83,23 @@ def test_the_index_lives_in_the_server_not_on_disk(settings, docs: Path):
     stored = chroma_rows(settings.chroma_url, settings.collection)
     assert report.chunks_embedded == len(stored) > 3
     assert {m["source"] for _, _, m in stored} == {"backlog.md", "review.txt", "velocity.txt"}
-    # only LangChain's record manager stays local: no Chroma files, no index marker
-    assert sorted(p.name for p in settings.index_dir.iterdir()) == ["records.sqlite"]
+    # only LangChain's record manager stays local (and the marker saying the folder is ours)
+    assert sorted(p.name for p in settings.index_dir.iterdir()) == ["records.sqlite", MARKER]
     status = bot.status()["index"]
     assert status["location"] == settings.chroma_url and status["chunks"] == len(stored)
+
+
+def test_back_to_the_embedded_index_in_the_same_folder(settings, docs: Path):
+    """Server mode keeps its records in SCRUMBOT_INDEX_DIR; unsetting SCRUMBOT_CHROMA_URL later
+    must give a working embedded index there, not "holds files that are not a scrumbot index"."""
+    test_store.make_assistant(settings).index([docs])
+    embedded = test_store.make_assistant(settings.replace(chroma_url=None))
+    report = embedded.index([docs])
+    # the records of chunks that live in the server are not taken for chunks in this index
+    assert sorted(report.added) == ["backlog.md", "review.txt", "velocity.txt"]
+    assert report.chunks_embedded == len(chroma_rows(settings.chroma_url, settings.collection))
+    assert embedded.status()["index"]["location"] == str(settings.index_dir)
+    assert not embedded.answer(QUESTION).refused
 
 
 def two_instances(settings, tmp_path: Path):

@@ -328,7 +328,12 @@ class Store:
     def _record_manager(self, root: str):
         from langchain_classic.indexes import SQLRecordManager
 
-        self.settings.index_dir.mkdir(parents=True, exist_ok=True)
+        d = self.settings.index_dir
+        if self.settings.chroma_url and (not d.exists() or not any(d.iterdir())):
+            # marked as ours, so that the embedded index can later live here too
+            d.mkdir(parents=True, exist_ok=True)
+            (d / MARKER).write_text(json.dumps({"format": INDEX_FORMAT}))
+        d.mkdir(parents=True, exist_ok=True)
         rm = SQLRecordManager(
             f"{self.settings.collection}:{root}",
             db_url=f"sqlite:///{self.settings.index_dir / 'records.sqlite'}",
