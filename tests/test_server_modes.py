@@ -330,9 +330,11 @@ def test_token_and_headers_reach_a_checking_proxy(settings, docs: Path, chroma):
 MODEL_FILE = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"  # the default model, so answers match
 ALIAS = "qwen2.5-coder-1.5b"
 API_KEY = "test-key-0123"
-# answered the same by the model in-process and behind the server (a borderline question can
-# flip: the server runs Qwen with its own RoPE base, ChatLlamaCpp with 10000, see llm.py)
-IN_SCOPE = "Who manages the product backlog?"
+# Answered alike in-process and behind the server, and through prompt changes: its answer is
+# nearly a sentence of the course. Borderline questions flip between an answer and a refusal
+# (the server runs Qwen with the GGUF's RoPE base, ChatLlamaCpp with 10000).
+IN_SCOPE = "Which certification focuses on the Scrum framework and Agile principles?"
+EXPECTED = ("CSM", "ScrumMaster", "Scrum Master")
 OUT_OF_SCOPE = "Which volcano erupted near Reykjavik yesterday?"
 
 
@@ -394,13 +396,13 @@ def test_openai_backend_streams_and_answers(openai_assistant):
     assert final.done and not final.refused
     assert len(partial) >= 3, "the answer should arrive in pieces"
     assert all(b.startswith(a) for a, b in zip(partial, partial[1:]))
-    assert "Product Owner" in final.text or "CSPO" in final.text, final.text
+    assert any(w in final.text for w in EXPECTED), final.text
     assert final.sources and final.sources[0].source == "product-owner-101.txt"
     assert 0 < final.timings["first_token_s"] < final.timings["total_s"]
 
     # the same question again (llama.cpp reuses the cached prompt: quick) through answer()
     answer = bot.answer(IN_SCOPE)
-    assert not answer.refused and "Product Owner" in answer.text, answer.text
+    assert not answer.refused and any(w in answer.text for w in EXPECTED), answer.text
     assert answer.timings["total_s"] < final.timings["total_s"]
     assert "openai-compatible qwen2.5-coder-1.5b at http://127.0.0.1:" in bot.status()["llm"]
     assert bot.status()["settings"]["openai_api_key"] == "****"
@@ -505,7 +507,7 @@ def test_server_killed_mid_answer_then_back(openai_assistant, llama):
 
     llama.start()  # back, same port
     answer = bot.answer(IN_SCOPE)
-    assert not answer.refused and ("Product Owner" in answer.text or "CSPO" in answer.text), answer.text
+    assert not answer.refused and any(w in answer.text for w in EXPECTED), answer.text
 
 
 # -- many questions at once, inside one app process -----------------------------------------------
@@ -704,7 +706,7 @@ def test_deploying_for_many_users_as_written(tmp_path: Path):
         assert f"openai-compatible {env['SCRUMBOT_OPENAI_MODEL']} at {base_url}" in status
         assert "product-owner-101.txt" in status
         asked = outputs["scrumbot ask"]
-        assert "Product Owner" in asked or "CSPO" in asked, asked
+        assert any(w in asked.lower() for w in ("facilitat", "obstacle", "coach")), asked
         assert "[1] product-owner-101.txt" in asked
         # the index lives in the server: the instances' own folder holds no Chroma files
         assert not list(Path(env["SCRUMBOT_INDEX_DIR"]).glob("chroma.sqlite3"))
@@ -715,10 +717,11 @@ def test_deploying_for_many_users_as_written(tmp_path: Path):
 
         for instance in instances:
             client = Client(instance.url, verbose=False, analytics_enabled=False)
-            _, chat, sources = client.predict("Who manages the product backlog?", [], api_name="/ask")
+            _, chat, sources = client.predict("What does a ScrumMaster do?", [], api_name="/ask")
             content = chat[-1]["content"]  # Gradio 6: a list of {"type": "text", "text": ...}
             reply = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
-            assert "Product Owner" in reply and "[1] product-owner-101.txt" in reply, reply
+            assert any(w in reply.lower() for w in ("facilitat", "obstacle", "coach")), reply
+            assert "[1] product-owner-101.txt" in reply, reply
             assert "product-owner-101.txt" in sources
     finally:
         for process in reversed(background):
