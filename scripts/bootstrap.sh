@@ -26,19 +26,27 @@ quiet_pip() { "${PIP[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file no
 if [ "$(cat "$VENV/.scrumbot-stamp" 2>/dev/null)" != "$stamp_want" ]; then
   log "installing CPU torch first (a bare torch would pull CUDA)"
   quiet_pip install "torch==2.13.0+cpu"
-  # 2. llama-cpp-python has only an sdist: compile it once per CPU feature set, keep the wheel.
-  cpu_key=$(grep -m1 -o -w -E 'avx512f|avx2' /proc/cpuinfo | head -1 || echo generic)
+  # 2. llama-cpp-python has only an sdist: compile it once for this CPU, keep the wheel.
+  # A native build (AVX-512/VNNI where the CPU has them) prefills ~1.4x faster than the portable
+  # AVX2 one on this machine kind (README "Performance"), so the wheel is keyed by the CPU's
+  # feature flags; SCRUMBOT_LLAMA_CMAKE_ARGS overrides the flags (and the key) for other builds.
+  cmake_args="${SCRUMBOT_LLAMA_CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DGGML_BLAS=OFF}"
+  cpu_key=$( (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null; echo "$cmake_args") | sha256sum | cut -c1-12)
   wheel_dir="$CACHE/wheels/llama-$LLAMA_VERSION-$cpu_key"
   if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-    log "compiling llama-cpp-python $LLAMA_VERSION (about 7 minutes on 2 cores, once)"
-    mkdir -p "$wheel_dir.tmp"
-    CMAKE_ARGS="${SCRUMBOT_LLAMA_CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF -DGGML_BLAS=OFF}" \
+    log "compiling llama-cpp-python $LLAMA_VERSION for this CPU (5-10 minutes on 2 cores, once)"
+    rm -rf "$wheel_dir.tmp" && mkdir -p "$wheel_dir.tmp"
+    # --no-cache-dir: pip's own wheel cache is keyed by the sdist, not by CMAKE_ARGS, and would
+    # hand back a wheel built with other flags
+    CMAKE_ARGS="$cmake_args" \
       CMAKE_BUILD_PARALLEL_LEVEL=2 \
-      quiet_pip wheel --no-deps --no-binary llama-cpp-python -w "$wheel_dir.tmp" "llama-cpp-python==$LLAMA_VERSION"
+      quiet_pip wheel --no-cache-dir --no-deps --no-binary llama-cpp-python -w "$wheel_dir.tmp" "llama-cpp-python==$LLAMA_VERSION"
     rm -rf "$wheel_dir" && mv "$wheel_dir.tmp" "$wheel_dir"
   fi
   log "installing scrumbot and its dependencies"
   quiet_pip install --find-links "$wheel_dir" -e ".[llamacpp,dev]"
+  # an existing venv keeps a same-version llama-cpp-python built with other flags otherwise
+  quiet_pip install --no-deps --force-reinstall "$wheel_dir"/llama_cpp_python-*.whl
   echo "$stamp_want" > "$VENV/.scrumbot-stamp"
 fi
 

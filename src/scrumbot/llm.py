@@ -58,6 +58,9 @@ def _llamacpp(settings: Settings) -> BaseChatModel:
                 max_tokens=settings.max_tokens,
                 temperature=settings.temperature,
                 repeat_penalty=1.0,  # grounded answers should repeat the passages' words
+                # ChatLlamaCpp's default 10000 overrides the GGUF's own RoPE base (1e6 for
+                # Qwen2.5): positions were encoded wrongly. 0 = use the model file's value.
+                rope_freq_base=0.0,
                 verbose=False,
             )
         except ValueError as err:
