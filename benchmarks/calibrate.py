@@ -72,13 +72,20 @@ def run_set(bot: Assistant, name: str, settings: Settings, conversations=None) -
     return evaluate.run(bot, conversations or evaluate.load(SETS[name][0]))
 
 
-def cells(outcomes: list[evaluate.Outcome]) -> str:
+def cells(outcomes: list[evaluate.Outcome], calls: int | None = None) -> str:
     s = evaluate.summarize(outcomes)
     return (f"{s.false_refusals:>3} {s.false_answers:>4} {s.wrong_answers:>4}  "
-            f"{s.answerable_pct:5.1f}% {s.refusal_pct:5.1f}%  {s.hit_pct:5.1f}%")
+            f"{s.answerable_pct:5.1f}% {s.refusal_pct:5.1f}%  {s.hit_pct:5.1f}%  "
+            + ("" if calls is None else f"{calls:>5}"))
 
 
-HEADER = "FR   FA   WA   ans-ok  ref-ok   hit@k"
+def model_calls(bot: Assistant) -> int:
+    """How often the model ran so far (cached answers included): the gate saves these."""
+    llm = bot._llm
+    return getattr(llm, "hits", 0) + getattr(llm, "misses", 0)
+
+
+HEADER = "FR   FA   WA   ans-ok  ref-ok   hit@k  calls"
 
 
 def failures(outcomes: list[evaluate.Outcome]) -> str:
@@ -119,46 +126,54 @@ def main() -> None:
 
 def calibrate(built: dict[str, Assistant], settings: Settings, thresholds: list[float],
               show: bool = False) -> None:
-    """FR false refusals, FA false answers (out-of-scope answered), WA wrong answers."""
-    print("\nmin_score  " + "   ".join(f"{name + ': ' + HEADER:<44}" for name in built))
+    """FR false refusals, FA false answers (out-of-scope answered), WA wrong answers;
+    calls: model calls (answers and follow-up rewrites) the questions cost at that threshold."""
+    print("\nFR false refusals, FA false answers, WA wrong answers, calls = model calls made")
+    print("\nmin_score  " + "   ".join(f"{name + ': ' + HEADER:<50}" for name in built))
     details = []
     for t in thresholds:
         row = []
         for name, bot in built.items():
+            before = model_calls(bot)
             outs = run_set(bot, name, settings.replace(min_score=t))
-            row.append(cells(outs))
+            row.append(cells(outs, model_calls(bot) - before))
             details.append(f"  {t:.2f} {name}: {failures(outs)}")
             if show:
                 details.append(evaluate.Report([name], settings.k, {"scrumbot": outs}).table())
-        print(f"{t:9.2f}  " + "   ".join(f"{'':6}{c:<38}" for c in row))
+        print(f"{t:9.2f}  " + "   ".join(f"{'':6}{c:<44}" for c in row))
     print("\nwhat failed per threshold:\n" + "\n".join(details))
 
 
 def followup(built: dict[str, Assistant], settings: Settings) -> None:
-    """The same dialogues with each way of resolving a follow-up question (no extra LLM call)."""
-    import scrumbot.chain as chain
-    import scrumbot.retrieve as retrieve
+    """The same dialogues with each way of resolving a follow-up question."""
+    from scrumbot.retrieve import Retriever
 
-    methods = {
-        "question only": lambda q, h: q,
-        "anaphor rule": retrieve.search_query,
-        "always concatenate": lambda q, h: f"{h[-1][0]} {q}" if h else q,
+    real_retrieve, real_standalone = Retriever.retrieve, Assistant._standalone
+
+    def only_question(self, question, history=None):
+        self.store.vectorstore()
+        return self._search(question)
+
+    def always_joined(self, question, history=None):
+        self.store.vectorstore()
+        return self._search(f"{history[-1][0]} {question}" if history else question)
+
+    methods = {  # name: (Retriever.retrieve, Assistant._standalone)
+        "question only": (only_question, real_standalone),
+        "always concatenate": (always_joined, real_standalone),
+        "rule, joined text": (real_retrieve, lambda self, q, h: None),
+        "rule + model rewrite": (real_retrieve, real_standalone),
     }
-    original = retrieve.search_query
-    print(f"\nmethod               set      {HEADER}   failed")
+    print(f"\nmethod                 set      {HEADER}   failed")
     try:
-        for label, method in methods.items():
-            retrieve.search_query = method
-            if hasattr(chain, "search_query"):
-                chain.search_query = method
+        for label, (retrieve, standalone) in methods.items():
+            Retriever.retrieve, Assistant._standalone = retrieve, standalone
             for name, bot in built.items():
                 dialogues = [c for c in evaluate.load(SETS[name][0]) if len(c) > 1]
                 outs = run_set(bot, name, settings, dialogues)
-                print(f"{label:20} {name:7}  {cells(outs)}   {failures(outs)}")
+                print(f"{label:22} {name:7}  {cells(outs)}   {failures(outs)}", flush=True)
     finally:
-        retrieve.search_query = original
-        if hasattr(chain, "search_query"):
-            chain.search_query = original
+        Retriever.retrieve, Assistant._standalone = real_retrieve, real_standalone
 
 
 if __name__ == "__main__":

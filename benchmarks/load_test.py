@@ -144,7 +144,8 @@ class MemorySampler(threading.Thread):
 class Server:
     """`scrumbot serve` on a free 127.0.0.1 port with its own temporary index."""
 
-    def __init__(self, llm: str, env: dict[str, str] | None = None, ready_timeout: float = 600):
+    def __init__(self, llm: str, env: dict[str, str] | None = None, ready_timeout: float = 600,
+                 keep: bool = True):
         import socket
 
         with socket.socket() as s:
@@ -156,6 +157,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log_path = self.dir / "server.log"
         self.ready_timeout = ready_timeout
+        self.keep = keep  # the folder (index, server log) stays for a look afterwards
         self.proc: subprocess.Popen | None = None
         self.ready_s = 0.0
 
@@ -193,6 +195,10 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(30)
+        if not self.keep:
+            import shutil
+
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _text(content) -> str:

@@ -203,3 +203,56 @@ def test_status_and_a_missing_index_do_not_load_the_embedder(settings, monkeypat
     assert bot.status()["index"]["exists"] is False
     with pytest.raises(IndexMissingError, match="scrumbot index"):
         bot.answer(IN_SCOPE)
+
+
+class RewritingChatModel(EchoChatModel):
+    """Echoes like EchoChatModel, but answers a rewrite request with a standalone question."""
+
+    def _reply(self, messages):
+        from scrumbot.chain import REWRITE_SYSTEM
+
+        if messages[0].content == REWRITE_SYSTEM:
+            self.calls.append(messages)
+            assert "User: How do I get the CSPO certification?" in messages[-1].content
+            return "Rewritten: Who is the CSPO certification for?"
+        return super()._reply(messages)
+
+
+def test_a_follow_up_is_rewritten_by_the_model_and_only_a_follow_up(settings, corpus, monkeypatch):
+    from scrumbot.chain import REWRITE_SYSTEM
+
+    bot = Assistant(settings, embeddings=FakeEmbeddings(), embedder_name="fake", llm=RewritingChatModel())
+    bot.index()
+    queries: list[str] = []
+    real = bot.embeddings.embed_query
+    monkeypatch.setattr(bot.embeddings, "embed_query", lambda text: queries.append(text) or real(text))
+    history = [("How do I get the CSPO certification?", "Attend a two-day course and pass an exam.")]
+    rewrites = lambda: [c for c in bot.llm.calls if c[0].content == REWRITE_SYSTEM]  # noqa: E731
+
+    a = bot.answer("Who is it for?", history)
+
+    assert queries[0] == "Who is the CSPO certification for?"  # the rewrite, label stripped
+    assert len(rewrites()) == 1 and not a.refused
+    assert "Question: Who is the CSPO certification for?" in bot.llm.calls[-1][-1].content
+    bot.answer("What certification suits business analysts?", history)  # stands on its own
+    bot.answer("Who is it for?")  # nothing to lean on
+    assert len(rewrites()) == 1, "no extra model call for a question that stands alone"
+
+
+def test_the_model_reads_the_best_sentences_of_long_passages_and_their_numbers(bot):
+    from scrumbot.chain import chain_inputs
+    from scrumbot.retrieve import focus
+
+    long = [Source("a.txt", "Kanban limits work in progress. Teams pull work when they have capacity. "
+                   "Boards show the flow of work.", 0.6),
+            Source("b.txt", "The Product Owner orders the backlog. Business analysts often take the "
+                   "CSPO course to learn backlog work. Stakeholders attend the review.", 0.5)]
+    q = "Which course suits business analysts?"
+    focused = focus(q, bot.embeddings.embed_query(q), long, bot.embeddings, budget=120)
+
+    assert [p.source for p in focused] == ["a.txt", "b.txt"]  # numbers kept for the citations
+    assert sum(len(p.text) for p in focused) <= 120
+    assert "Business analysts often take the CSPO course to learn backlog work." in focused[1].text
+    context = chain_inputs(q, focused, [], 600)["context"]
+    assert "[2] " in context and ("[1] " in context) == bool(focused[0].text)
+    assert focus(q, [1.0], long[:1], bot.embeddings, budget=1000) == long[:1]  # fits: untouched

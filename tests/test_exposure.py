@@ -40,7 +40,7 @@ def served(tmp_path_factory):
     env = {"SCRUMBOT_AUTH": f"{USER}:{PASSWORD}", "SCRUMBOT_CORPUS_DIR": str(corpus),
            # set but unused (extractive): a secret that must not show anywhere
            "SCRUMBOT_OPENAI_API_KEY": API_KEY}
-    with load_test.Server("extractive", env, ready_timeout=300) as server:
+    with load_test.Server("extractive", env, ready_timeout=300, keep=False) as server:
         server.corpus = corpus
         yield server
 

@@ -233,7 +233,7 @@ def test_a_second_index_run_at_the_same_time_is_refused(previous):
 
 class SlowFakeEmbeddings(FakeEmbeddings):
     def embed_documents(self, texts):
-        time.sleep(0.002 * len(texts))
+        time.sleep(0.008 * len(texts))  # indexing must last long enough to answer during it
         return super().embed_documents(texts)
 
 

@@ -20,7 +20,8 @@ from typing import Callable, Iterable, Iterator
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.chat_models import BaseChatModel
 
-from .chain import NOT_COVERED, SYSTEM, build_chain, chain_inputs, extractive_answer, is_refusal
+from .chain import (NOT_COVERED, SYSTEM, build_chain, chain_inputs, extractive_answer, is_refusal,
+                    standalone_question)
 from .config import Settings, apply_offline_env
 from .errors import BadQuestionError, ConfigError, ScrumbotError
 from .models import EMBEDDER_NAME, embedder_path
@@ -115,7 +116,7 @@ class Assistant:
 
     @property
     def retriever(self) -> Retriever:
-        return Retriever(self.settings, self.store, self.store.embeddings)
+        return Retriever(self.settings, self.store, self.store.embeddings, rewrite=self._standalone)
 
     @property
     def llm(self) -> BaseChatModel | None:
@@ -182,11 +183,15 @@ class Assistant:
         # The model reads the passages without sentences addressed to it, and only what its
         # answer grounds in them is shown (guard.py: documents and questions cannot change the rules).
         readable = clean_passages(passages)
-        grounding = Grounding(readable, question, SYSTEM)
+        # A follow-up reaches the model as it was searched, rewritten to stand alone ("Who is
+        # the CSPO for?"): asked as is, "Who is it for?" was refused (README "Answer quality").
+        grounding = Grounding(readable, retrieval.query, SYSTEM)
         partial = Answer("", False, passages, question, False, timings)
         yield partial
         text = shown = ""
-        for piece in self._generate(question, readable, history) if readable else ():
+        # ...and of those, only the sentences closest to the question (prefill is the cost)
+        focused = self.retriever.focus(retrieval, readable) if readable else []
+        for piece in self._generate(retrieval.query, focused, history) if readable else ():
             if not text:
                 timings["first_token_s"] = round(time.perf_counter() - t0, 4)
             text += piece
@@ -208,6 +213,21 @@ class Assistant:
         if grounded != shown and grounded.startswith(shown):
             yield replace(partial, text=grounded)
         yield Answer(grounded, False, passages, question, True, timings)
+
+    def _standalone(self, question: str, history: History) -> str | None:
+        """A follow-up rewritten by the model to stand alone (None: search it with the previous
+        question instead, as the extractive mode always does)."""
+        if self.settings.llm == "extractive":
+            return None
+        one_at_a_time = self._generate_lock if self.settings.llm != "openai" else contextlib.nullcontext()
+        with one_at_a_time:
+            try:
+                return standalone_question(self.llm, question, history)
+            except ScrumbotError:
+                raise
+            except Exception as err:  # the answer's own call will report a broken model
+                log.warning("could not rewrite the follow-up %r: %s", question[:80], err)
+                return None
 
     def _generate(self, question: str, passages: list[Source], history: History) -> Iterator[str]:
         if self.settings.llm == "extractive":

@@ -18,7 +18,10 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from .retrieve import Source
+from .retrieve import STOP as _STOP
+from .retrieve import WORD as _WORD
+from .retrieve import Source, sentences
+from .retrieve import stem as _stem
 
 # Imperatives and roles that only make sense addressed to an AI model, not in course text.
 _AIMED_AT_MODEL = re.compile(
@@ -34,44 +37,8 @@ _AIMED_AT_MODEL = re.compile(
     re.I,
 )
 
-# Sentence ends: ., !, ? (or a line break) followed by space; keeps "e.g." and "2.5" together.
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“(\[]?[A-Z0-9])|\n+")
-_WORD = re.compile(r"[A-Za-z][A-Za-z'’\-]*|\d[\d.,%]*")
-
-_STOP = frozenset("""
-a about above after again against all also am an and any are aren't as at be because been before
-being below between both but by can can't cannot could couldn't did didn't do does doesn't doing
-don't down during each either else even ever every few for from further had hadn't has hasn't have
-haven't having he her here hers herself him himself his how however i if in into is isn't it it's
-its itself just least less let like made make makes many may me might more most much must my
-myself neither no nor not now of off often on once one only or other others our ours ourselves
-out over own per rather same shall she should shouldn't since so some such than that that's the
-their theirs them themselves then there there's these they they're this those though through thus
-to too under until up upon us use used uses using very via was wasn't we well were weren't what
-what's when where whether which while who whom whose why will with within without won't would
-wouldn't yes yet you your yours yourself yourselves also etc e.g i.e. able get gets getting got
-answer answers question questions course courses passage passages material text
-""".split())
-
-
-def _stem(word: str) -> str:
-    """A crude stem: enough to match "helps"/"help", "facilitates"/"facilitation"."""
-    w = word.lower().replace("’", "'")
-    if w.endswith("'s"):
-        w = w[:-2]
-    for suffix in ("ing", "ed", "es", "s"):
-        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
-            w = w[: -len(suffix)]
-            break
-    return w[:6]
-
-
 def _vocabulary(text: str) -> set[str]:
     return {_stem(w) for w in _WORD.findall(text)}
-
-
-def sentences(text: str) -> list[str]:
-    return [s for s in _SENTENCE_END.split(text) if s and s.strip()]
 
 
 # -- before generation -----------------------------------------------------------------------------

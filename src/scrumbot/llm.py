@@ -37,7 +37,7 @@ def describe(settings: Settings) -> str:
 def _llamacpp(settings: Settings) -> BaseChatModel:
     path = gguf_path(settings)  # verifies the SHA-256 of a packaged model
     key = ("llamacpp", str(path), settings.n_ctx, settings.n_threads, settings.max_tokens,
-           settings.temperature)
+           settings.temperature, settings.rope_freq_base)
     with _load_lock:
         if key in _loaded:
             return _loaded[key]
@@ -58,9 +58,7 @@ def _llamacpp(settings: Settings) -> BaseChatModel:
                 max_tokens=settings.max_tokens,
                 temperature=settings.temperature,
                 repeat_penalty=1.0,  # grounded answers should repeat the passages' words
-                # ChatLlamaCpp's default 10000 overrides the GGUF's own RoPE base (1e6 for
-                # Qwen2.5): positions were encoded wrongly. 0 = use the model file's value.
-                rope_freq_base=0.0,
+                rope_freq_base=settings.rope_freq_base,  # a measured choice: config.py
                 verbose=False,
             )
         except ValueError as err:
