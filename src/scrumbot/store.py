@@ -42,7 +42,10 @@ INDEX_FORMAT = 1
 LAST_WRITE = "last-write"  # touched after every write: other processes re-open the index
 UNFINISHED = "unfinished-write.json"  # the files a write was updating when it was killed
 LOCK = "index.lock"
-EMBED_BATCH = 64  # texts per embedder call: the progress bar moves at least this often
+# texts per embedder call: sentence-transformers sorts each call's texts by length to pad less,
+# so bigger calls run faster (64: 1.15x the raw encode time, 256+: 1.0x); the progress bar
+# moves once per call
+EMBED_BATCH = 256
 
 
 @dataclass
