@@ -149,8 +149,9 @@ def previous(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_interrupted_mid_batch_the_index_answers_as_before_and_the_next_run_finishes(previous, sig):
     docs, index_dir, (rows_before, answers_before), clean_v2 = previous
-    proc = start_index(docs, index_dir, SCRUMBOT_TEST_EMBED_DELAY="0.004")
-    wait_for(proc, "embedded 128")  # batches done, the next one half embedded, ~600 chunks to go
+    # 290 chunks: a batch of 256, then one of 34 that takes ~1 s, inside which the signal lands
+    proc = start_index(docs, index_dir, SCRUMBOT_TEST_EMBED_DELAY="0.03")
+    wait_for(proc, "embedded 256")
     proc.send_signal(sig)
     code, rest = finish(proc)
 

@@ -102,15 +102,20 @@ def ask(question: str, as_json: bool, llm: str | None) -> None:
     if as_json:
         click.echo(json.dumps(assistant.answer(question).as_dict(), indent=2, ensure_ascii=False))
         return
+    # Words stream to a terminal as they come; a refusal replaces what the model began to write
+    # ("The CSPO course costs" stopped before an invented price): the line is cleared first.
+    # Piped output gets the final answer only.
+    live = sys.stdout.isatty()
     shown = ""
     final = None
     for final in assistant.stream(question):
-        if not final.done:
+        if live and not final.done:
             click.echo(final.text[len(shown):], nl=False)
             shown = final.text
-    if final.text != shown:  # a refusal replaces whatever the model began to write
-        click.echo(("\n" if shown else "") + final.text, nl=False)
-    click.echo()
+    if final.text.startswith(shown):
+        click.echo(final.text[len(shown):])
+    else:
+        click.echo("\r\033[K" + final.text)
     for i, s in enumerate(final.sources, 1):
         click.echo(f"  [{i}] {s.label} (score {s.score:.2f})")
 
