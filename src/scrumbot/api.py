@@ -191,7 +191,7 @@ class Assistant:
         text = shown = ""
         # ...and of those, only the sentences closest to the question (prefill is the cost)
         focused = self.retriever.focus(retrieval, readable) if readable else []
-        for piece in self._generate(retrieval.query, focused, history) if readable else ():
+        for piece in self._generate(retrieval.query, focused, history) if focused else ():
             if not text:
                 timings["first_token_s"] = round(time.perf_counter() - t0, 4)
             text += piece

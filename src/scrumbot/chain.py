@@ -17,7 +17,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import Runnable
 
-from .retrieve import Source
+from .retrieve import Source, dot
 
 NOT_COVERED = "The course material doesn't cover that."
 
@@ -140,9 +140,6 @@ def extractive_answer(question: str, passages: list[Source], embeddings: Embeddi
         return
     q = embeddings.embed_query(question)
     vectors = embeddings.embed_documents(candidates)
-    scored = sorted(range(len(candidates)), key=lambda i: -_dot(q, vectors[i]))[:max_sentences]
+    scored = sorted(range(len(candidates)), key=lambda i: -dot(q, vectors[i]))[:max_sentences]
     yield " ".join(candidates[i] for i in sorted(scored))
 
-
-def _dot(a: list[float], b: list[float]) -> float:
-    return sum(x * y for x, y in zip(a, b))

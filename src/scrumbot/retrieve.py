@@ -48,7 +48,7 @@ class Source:
 class Retrieval:
     query: str  # what was searched (the question, or the question resolved against history)
     passages: list[Source]
-    vector: list[float] | None = None  # the query's embedding
+    vector: list[float]  # the query's embedding
 
     @property
     def top_score(self) -> float:
@@ -103,8 +103,8 @@ class Retriever:
 
     def focus(self, retrieval: Retrieval, passages: list[Source]) -> list[Source]:
         """The passages cut down to what the model needs to read (see `focus`)."""
-        vector = retrieval.vector or self.embeddings.embed_query(retrieval.query)
-        return focus(retrieval.query, vector, passages, self.embeddings, self.settings.max_context_chars)
+        return focus(retrieval.query, retrieval.vector, passages, self.embeddings,
+                     self.settings.max_context_chars)
 
 
 # -- sentence-level selection --------------------------------------------------------------------
@@ -184,8 +184,8 @@ def focus(query: str, vector: list[float], passages: list[Source], embeddings: E
             _sentence_vectors.clear()
         _sentence_vectors.update(zip(new, embeddings.embed_documents(new)))
     lexical = BM25Okapi([terms(s) or ["-"] for _, s in units]).get_scores(terms(query) or ["-"])
-    top = max(lexical) if len(lexical) and max(lexical) > 0 else 1.0
-    score = [_dot(vector, _sentence_vectors[s]) + lexical_weight * lexical[n] / top
+    top = max(lexical) if max(lexical) > 0 else 1.0  # units is not empty here
+    score = [dot(vector, _sentence_vectors[s]) + lexical_weight * lexical[n] / top
              for n, (_, s) in enumerate(units)]
     chosen, used = set(), 0
 
@@ -206,5 +206,6 @@ def focus(query: str, vector: list[float], passages: list[Source], embeddings: E
 _LEANS_BACK = re.compile(r"(they|it|this|these|those|their|its|he|she|such)\b", re.I)
 
 
-def _dot(a: list[float], b: list[float]) -> float:
+def dot(a: list[float], b: list[float]) -> float:
+    """Cosine similarity of two normalized embeddings."""
     return sum(x * y for x, y in zip(a, b))
