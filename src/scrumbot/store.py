@@ -44,7 +44,7 @@ UNFINISHED = "unfinished-write.json"  # the files a write was updating when it w
 LOCK = "index.lock"
 # texts per embedder call: sentence-transformers sorts each call's texts by length to pad less,
 # so bigger calls run faster (64: 1.15x the raw encode time, 256+: 1.0x); the progress bar
-# moves once per call
+# moves once per call (_embed_all sorts across calls too)
 EMBED_BATCH = 256
 
 
@@ -94,6 +94,9 @@ def _embed_all(embeddings: Embeddings, texts: list[str], progress: Callable[[int
     import numpy as np
 
     vectors: dict[str, object] = {}
+    # longest first across all calls, as one big encode() would order them: each call's batches
+    # then pad as little as one call's would (unsorted 256-text calls cost ~3% more time)
+    texts = sorted(set(texts), key=len, reverse=True)
     for start in range(0, len(texts), EMBED_BATCH):
         batch = texts[start:start + EMBED_BATCH]
         for text, vector in zip(batch, embeddings.embed_documents(batch)):
@@ -493,9 +496,11 @@ class Store:
             # The record manager is local to this app instance but the index may be shared (a
             # Chroma server): records of chunks another instance deleted are dropped, so that
             # lc_index writes those chunks again instead of trusting the records and skipping them.
-            for name, _ in changed:
-                held = set(self._ids_of(collection, f"{root}::{name}"))
-                rm.delete_keys([k for k in rm.list_keys(group_ids=[f"{root}::{name}"]) if k not in held])
+            # (one query each for all changed files: per-file calls cost ~3 ms apiece, 0.2 s on 60 files)
+            groups = [f"{root}::{name}" for name, _ in changed]
+            if groups:
+                held = self._ids_of(collection, groups)
+                rm.delete_keys(sorted(self._keys_of(rm, groups) - held))
             # The slow part, before anything is written: stopping here leaves the index untouched.
             vectors = _embed_all(self.embeddings, [d.page_content for d in todo], progress) if todo else {}
             touched = {f"{root}::{name}" for name, _ in changed} | {f"{root}::{name}" for name in gone}
@@ -513,12 +518,10 @@ class Store:
                     report.chunks_deleted += result["num_deleted"]
                     # ... and older chunks of a changed file that these records never listed (written
                     # by another instance, or before a crash) are deleted: one version per file.
-                    for name, _ in changed:
-                        group = f"{root}::{name}"
-                        stale = set(self._ids_of(collection, group)) - set(rm.list_keys(group_ids=[group]))
-                        if stale:
-                            vs.delete(ids=sorted(stale))
-                            report.chunks_deleted += len(stale)
+                    stale = self._ids_of(collection, groups) - self._keys_of(rm, groups)
+                    if stale:
+                        vs.delete(ids=sorted(stale))
+                        report.chunks_deleted += len(stale)
                 for name, existed in changed:
                     (report.updated if existed else report.added).append(name)
                 if gone:
@@ -610,8 +613,20 @@ class Store:
             return 1000
 
     @staticmethod
-    def _ids_of(collection, source_id: str) -> list[str]:
-        return collection.get(where={"source_id": source_id}, include=[])["ids"]
+    def _ids_of(collection, source_ids: list[str]) -> set[str]:
+        """The ids of every chunk the index holds for these files (a few queries, not one per file)."""
+        ids: set[str] = set()
+        for start in range(0, len(source_ids), 500):  # well inside SQLite's bound-variable limit
+            part = source_ids[start:start + 500]
+            where = {"source_id": part[0]} if len(part) == 1 else {"source_id": {"$in": part}}
+            ids.update(collection.get(where=where, include=[])["ids"])
+        return ids
+
+    @staticmethod
+    def _keys_of(rm, source_ids: list[str]) -> set[str]:
+        """The chunk ids this instance's record manager lists for these files."""
+        return {k for start in range(0, len(source_ids), 500)
+                for k in rm.list_keys(group_ids=source_ids[start:start + 500])}
 
     def _files_under(self, collection, root: str) -> dict[str, set[str]]:
         data = collection.get(where={"root": root}, include=["metadatas"])
