@@ -256,3 +256,59 @@ def test_the_model_reads_the_best_sentences_of_long_passages_and_their_numbers(b
     context = chain_inputs(q, focused, [], 600)["context"]
     assert "[2] " in context and ("[1] " in context) == bool(focused[0].text)
     assert focus(q, [1.0], long[:1], bot.embeddings, budget=1000) == long[:1]  # fits: untouched
+
+
+def test_a_short_list_is_read_whole_with_its_intro_and_headings_are_not_sentences():
+    from scrumbot.retrieve import units
+
+    text = ("## INVEST\n\nBill Wake's INVEST acronym lists the qualities of a good story. A story should be:\n\n"
+            "- Independent: it can be developed in any order.\n- Small: it fits within one sprint.\n\n"
+            "## Who runs it\n\nThe retrospective is the last event. Its purpose is to improve the team.\n\n"
+            "Formats include:\n\n- Start, Stop, Continue: " + "what the team should start, stop and keep doing, " * 2
+            + "\n- Mad, Sad, Glad: the feelings the sprint left behind.")
+    found = units(text)
+    texts = [t for t, _ in found]
+    assert "Bill Wake's INVEST acronym lists the qualities of a good story." in texts
+    # one candidate, scored and chosen with the sentence before it: no item alone answers
+    assert ("A story should be:\n- Independent: it can be developed in any order.\n"
+            "- Small: it fits within one sprint.",
+            "Bill Wake's INVEST acronym lists the qualities of a good story.") in found
+    assert not any(t.startswith("#") or "Who runs it" in t for t in texts)
+    assert ("The retrospective is the last event.", "") in found  # no context across a heading
+    # "Its purpose ..." is scored with the sentence it refers to
+    assert ("Its purpose is to improve the team.", "The retrospective is the last event.") in found
+    # a list of long items stays one candidate per item
+    assert "Mad, Sad, Glad: the feelings the sprint left behind." in texts
+
+
+def test_an_acronym_the_course_never_writes_is_searched_with_the_course_name_it_stands_for(bot):
+    from scrumbot.retrieve import Acronyms
+
+    names = Acronyms(["The Product Owner orders the backlog.", "A Product Owner works with the "
+                      "Release Train Engineer (RTE).", "Pass Online quickly."])
+    assert names.spell_out("What does a PO do?") == "What does a PO (Product Owner) do?"
+    assert names.spell_out("Who is the RTE?") == "Who is the RTE?"  # the course writes it
+    assert names.spell_out("What is an XP team?") == "What is an XP team?"  # no such name
+    # through the retriever, over the real index: what was searched is what the model reads
+    retrieval = bot.retriever.retrieve("What does a PO do?")
+    assert retrieval.query == "What does a PO (Product Owner) do?"
+    bot.llm.calls.clear()
+    bot.answer("What does a PO do?")
+    assert "What does a PO (Product Owner) do?" in bot.llm.calls[-1][-1].content
+
+
+def test_sentence_vectors_are_reused_across_questions_but_never_across_embedders(bot, fake_assistant):
+    from scrumbot.retrieve import focus
+
+    assert bot.retriever is bot.retriever  # one retriever per assistant: its cache lives on
+    long = [Source("a.txt", "Kanban limits work in progress. Teams pull work when they have capacity. "
+                   "Boards show the flow of work. The Product Owner orders the backlog.", 0.6)]
+    q = "How does Kanban limit work?"
+    mine, other = FakeEmbeddings(), FakeEmbeddings()
+    cache: dict = {}
+    focus(q, mine.embed_query(q), long, mine, budget=60, cache=cache)
+    assert len(mine.embedded) == 4
+    focus(q, mine.embed_query(q), long, mine, budget=60, cache=cache)
+    assert len(mine.embedded) == 4  # the second question embeds nothing again
+    focus(q, other.embed_query(q), long, other, budget=60, cache={})
+    assert len(other.embedded) == 4  # another embedder's vectors are its own

@@ -139,15 +139,40 @@ def test_grounding_drops_outside_facts_and_keeps_paraphrase():
     g = Grounding([Source("po.txt", course, 0.5)], "What is the capital of France? Which cert suits a business analyst?",
                   SYSTEM)
     kept, dropped = g.check("The capital of France is Paris. The CSPO certification suits a business analyst.")
-    assert kept == "The CSPO certification suits a business analyst."
-    assert [why for _, why in dropped] == ["'Paris' is not in the passages"]
+    assert kept == ""  # a made-up fact in it: none of it is trusted
+    assert [why for _, why in dropped] == ["'Paris' is not in the passages (invented: the whole answer is withheld)"]
+    kept, dropped = g.check("The CSPO certification suits a business analyst. Ask a dog which is best.")
+    assert kept == "The CSPO certification suits a business analyst."  # a sentence off the passages goes
+    assert [why for _, why in dropped] == ["only 0 of 3 content words are in the passages"]
     assert g.check("CSM stands for Certified Scrum Master.")[1] == []  # "ScrumMaster" in the text
+    assert g.check("CSPO (Certified Scrum Product Owner) suits product owners.")[1] == []
+    assert g.check("Attend a 2-day course and pass an online exam.")[1] == []  # "two-day" in the text
     assert g.check("The CSPO course costs $2,000.")[0] == ""  # a number from nowhere
+    assert g.check("Its certification is called Braintrust Grandmaster.")[0] == ""  # a name from nowhere
+    assert g.check("[1] The CSPO certification suits a business analyst.")[1] == []  # citing passage 1
     assert g.check(f"Sure. {SYSTEM}")[0] == ""
     # while streaming, a sentence is held back once it drifts from the passages
     assert g.visible("The CSPO certification suits a busi") == "The CSPO certification suits a"
     assert "Par" not in g.visible("The capital of France is Par")
     assert g.visible("The capital of France is Paris. The CSPO") == "The"
+
+
+def test_a_fact_moved_onto_what_was_asked_is_withheld():
+    exams = Source("exams.md", "## The CSM exam\n\nThe online CSM exam has 50 multiple-choice questions. "
+                   "You need 37 correct answers (74%) to pass.\n\n## SAFe\n\nThe SAFe Agilist (SA) "
+                   "certification is earned through the two-day Leading SAFe course.\n\n## Renewing\n\n"
+                   "One SEU equals one hour of learning.", 0.5)
+    g = Grounding([exams], "How many questions are on the CSPO exam?", SYSTEM)
+    assert g.check("The CSPO exam has 50 multiple-choice questions.")[0] == ""  # said of the CSM exam
+    g = Grounding([exams], "What is the pass mark of the SAFe Agilist exam?", SYSTEM)
+    assert g.check("The SAFe Agilist exam needs 37 correct answers (74%).")[0] == ""
+    g = Grounding([exams], "What do I need to pass the CSM exam?", SYSTEM)
+    # the sentence before says which exam "You need 37 ..." is about
+    assert g.check("The CSM exam costs $37.")[0] == ""  # 37 answers, not dollars
+    assert g.check("The CSM exam lasts one hour.")[0] == ""  # one hour of learning is an SEU
+    for answer in ("You need 37 correct answers (74%) to pass the CSM exam.",
+                   "The CSM exam has 50 questions and you need 37 correct answers (74%) to pass."):
+        assert g.check(answer) == (answer, [])
 
 
 # -- bad questions through the API -------------------------------------------------------------------

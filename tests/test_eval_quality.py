@@ -207,15 +207,18 @@ def test_public_eval_set_is_all_right_with_the_default_model(real_bot):
     assert s.hit_pct == 100.0, _failures(report)
 
 
-# A focused part of our own set: acronyms, an answer only the newly indexed handout holds,
-# near-material questions the course never answers, and the follow-up dialogues.
-FOCUS = {"o09", "x11", "x13", "x15", "r01", "r02", "r03", "r09", "d01", "d05"}
+# A focused part of our own set: an acronym the course never writes (o09), a list read whole
+# (x06, d06), answers only the newly indexed handouts hold, near-material questions the course
+# never answers where the model moved a fact onto what was asked (r03 "50 questions", r08
+# "37 (74%)", r01 "$37", r06 "one hour", r12 "Kanban Master"), and follow-up dialogues.
+FOCUS = {"o09", "x06", "x11", "x13", "x15", "r01", "r02", "r03", "r06", "r08", "r09", "r12",
+         "d01", "d05", "d06"}
 
 
-# Issue 3's target for our own set (>= 95 %) is not met yet (README "Answer quality" lists what
-# fails). Until it is, this test holds the line at what the committed pipeline measured on this
-# subset, so that a change that makes answers worse fails CI; raise the floors as they improve.
-FLOOR_ANSWERABLE, FLOOR_REFUSALS = 80.0, 75.0
+# Issue 3's target for our own set is >= 95 % on both; the full set measures 51/53 and 16/16
+# (README "Answer quality"). On this subset every case passes today; the floors leave room for
+# one answerable case to change with a llama.cpp or model update, none for a made-up answer.
+FLOOR_ANSWERABLE, FLOOR_REFUSALS = 90.0, 100.0
 
 
 @pytest.mark.slow

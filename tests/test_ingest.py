@@ -91,6 +91,21 @@ def test_markdown_headings_become_metadata(tmp_path: Path):
         "increment artifact": {"Artifacts"}}
 
 
+def test_a_short_list_stays_in_the_chunk_of_the_sentence_that_introduces_it(tmp_path: Path):
+    items = ["- Independent: it can be developed in any order.", "- Negotiable: open to discussion.",
+             "- Testable: it is clear how to verify it."]
+    (tmp_path / "s.md").write_text("## Stories\n\n" + paragraph("stories", 3) + "\n\nA story should be:\n\n"
+                                   + "\n".join(items) + "\n\n" + paragraph("epics", 3) + "\n")
+    _, chunks = chunks_of(tmp_path, "s.md", Settings(chunk_size=250, chunk_overlap=0))
+    [holder] = [c for c in chunks if items[0] in c.page_content]
+    assert "A story should be:\n" + "\n".join(items) in holder.page_content
+    # a list of long items is left as written: each item is a fact of its own
+    long_items = [f"- Item {i}: " + paragraph("items", 1) + " " + paragraph("more", 1) for i in range(3)]
+    (tmp_path / "l.md").write_text("Formats include:\n\n" + "\n".join(long_items) + "\n")
+    _, chunks = chunks_of(tmp_path, "l.md", Settings(chunk_size=1000, chunk_overlap=0))
+    assert chunks[0].page_content.startswith("Formats include:\n\n- Item 0")
+
+
 def test_html_keeps_headings_and_drops_scripts(tmp_path: Path):
     (tmp_path / "kanban.html").write_text(
         "<html><head><title>Kanban page</title><style>p {color: red}</style>"

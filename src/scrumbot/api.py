@@ -94,6 +94,7 @@ class Assistant:
         self._llm = llm
         self._chain = None
         self._store: Store | None = None
+        self._retriever: Retriever | None = None
         self._init_lock = threading.Lock()
         # llama.cpp is not safe to call from several threads: one generation at a time.
         self._generate_lock = threading.Lock()
@@ -116,7 +117,11 @@ class Assistant:
 
     @property
     def retriever(self) -> Retriever:
-        return Retriever(self.settings, self.store, self.store.embeddings, rewrite=self._standalone)
+        store = self.store  # (takes the lock itself)
+        with self._init_lock:  # one: it keeps the sentence vectors and the course's acronyms
+            if self._retriever is None:
+                self._retriever = Retriever(self.settings, store, store.embeddings, rewrite=self._standalone)
+            return self._retriever
 
     @property
     def llm(self) -> BaseChatModel | None:

@@ -9,6 +9,11 @@ prompt"). Told not to, the 1.5B model still obeyed both in our tests. So, determ
 - after generation, an answer sentence is kept only if it is grounded in those passages: its
   content words mostly come from them, its names and numbers appear in them (or in the
   question), and it does not recite the system prompt. Nothing left means "not covered".
+- a name, number or price found nowhere means the model is making things up (a course price,
+  what a letter of INVEST stands for, a "Kanban Master" certification), and so does a number
+  moved from what it is said of to what was asked ("the CSPO exam has 50 questions" from "the
+  CSM exam has 50 questions"; "$37" from "37 correct answers"): the whole answer becomes "not
+  covered".
 
 While the answer streams, only text that passes so far is shown, so a sentence with a name from
 outside the course ("... is Paris.") stops before that word and is then dropped."""
@@ -37,8 +42,33 @@ _AIMED_AT_MODEL = re.compile(
     re.I,
 )
 
+INVENTED = " (invented: the whole answer is withheld)"
+
+_NUMBERS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty".split())}
+
+
 def _vocabulary(text: str) -> set[str]:
-    return {_stem(w) for w in _WORD.findall(text)}
+    """Stems of the words of `text`, with the parts of hyphenated words ("two-day": "two",
+    "day"), numbers written as words as digits, and whole lower-cased words prefixed by "=" (for
+    names written as one word or two: "ScrumMaster", "Scrum Master")."""
+    words = _WORD.findall(text)
+    words += [part for w in words if "-" in w for part in w.split("-") if part]
+    return ({_stem(w) for w in words} | {"=" + w.lower() for w in words}
+            | {_NUMBERS[w.lower()] for w in words if w.lower() in _NUMBERS})
+
+
+_MONEY = re.compile(r"[$€£¥]\s?\d[\d,.]*\d|\d[\d,.]*\s?(?:[$€£¥]|USD|EUR|GBP|dollars?|euros?|pounds)\b", re.I)
+_CITATION = re.compile(r"\[\d{1,2}\]")  # "[2]": the model citing a passage by its number
+
+
+def _squash(amount: str) -> str:
+    return re.sub(r"[\s,]", "", amount.lower())
+
+
+def _number(word: str) -> bool:
+    return word[0].isdigit()
 
 
 # -- before generation -----------------------------------------------------------------------------
@@ -68,12 +98,20 @@ class Grounding:
     def __init__(self, passages: list[Source], question: str, system_prompt: str, min_support: float = 0.5):
         self.support = set().union(*(_vocabulary(p.text) for p in passages)) if passages else set()
         self.asked = _vocabulary(question)
+        self.money = {_squash(m) for p in passages for m in _MONEY.findall(p.text)}
+        # each passage sentence with the one before it (what "it" in it refers to), as vocabularies:
+        # a number in the answer must stand in one of them with the names the answer gives it
+        self.windows = []
+        for p in passages:
+            parts = sentences(p.text)
+            self.windows += [_vocabulary(" ".join(parts[max(0, i - 1):i + 1])) for i in range(len(parts))]
         self.min_support = min_support
         words = [w.lower() for w in _WORD.findall(system_prompt)]
         self.system_ngrams = {tuple(words[i:i + 6]) for i in range(len(words) - 5)}
 
     def _problem(self, sentence: str, complete: bool) -> str | None:
         """Why this sentence (or the beginning of one, if not complete) is not grounded."""
+        sentence = _CITATION.sub(" ", sentence)
         words = _WORD.findall(sentence)
         if not complete and words and not re.search(r"[\s.,;:!?)]$", sentence):
             words = words[:-1]  # the last word may still be growing
@@ -84,13 +122,29 @@ class Grounding:
         def found(i: int, vocabulary: set[str]) -> bool:
             # "Scrum Master" is supported by "ScrumMaster", "work-in-progress" by "work in progress"
             return (_stem(words[i]) in vocabulary
-                    or (i > 0 and _stem(words[i - 1] + words[i]) in vocabulary)
-                    or (i + 1 < len(words) and _stem(words[i] + words[i + 1]) in vocabulary))
+                    or (i > 0 and "=" + (words[i - 1] + words[i]).lower() in vocabulary)
+                    or (i + 1 < len(words) and "=" + (words[i] + words[i + 1]).lower() in vocabulary))
 
+        specific = [any(c.isdigit() for c in w) or (w[0].isupper() and (i > 0 or w.isupper()) and w != "I")
+                    for i, w in enumerate(words)]
         for i, w in enumerate(words):
-            specific = any(c.isdigit() for c in w) or (w[0].isupper() and (i > 0 or w.isupper()) and w != "I")
-            if specific and not found(i, self.support) and not found(i, self.asked):
-                return f"{w!r} is not in the passages"
+            if specific[i] and not found(i, self.support) and not found(i, self.asked):
+                return f"{w!r} is not in the passages" + INVENTED
+        # an amount of money must be in the passages as it is in the answer ("$37" is not "37 answers")
+        for amount in _MONEY.findall(sentence):
+            if _squash(amount) not in self.money:
+                return f"{amount!r} is not in the passages" + INVENTED
+        # a number must be said, in the passages, of what the answer says it of
+        if complete:
+            named = [i for i, w in enumerate(words) if specific[i] and not _number(w)]
+            for w in words:
+                if not _number(w) and w.lower() not in _NUMBERS:
+                    continue
+                key = _NUMBERS.get(w.lower(), _stem(w))
+                near = [v for v in self.windows if key in v]
+                if near and not any(all(found(j, v) for j in named) for v in near):
+                    return (f"{w!r} is not said of {' '.join(words[j] for j in named)} in the passages"
+                            + INVENTED)
         content = [i for i, w in enumerate(lowered) if w not in _STOP and len(w) > 2]
         if len(content) >= (1 if complete else 2):
             supported = sum(found(i, self.support) for i in content)
@@ -99,7 +153,7 @@ class Grounding:
         return None
 
     def check(self, answer: str) -> tuple[str, list[tuple[str, str]]]:
-        """(the grounded sentences of `answer`, [(dropped sentence, why)])."""
+        """(the grounded sentences of `answer`, or "" if it invents something; [(dropped, why)])."""
         kept, dropped = [], []
         for s in sentences(answer):
             why = self._problem(s, complete=True)
@@ -107,6 +161,8 @@ class Grounding:
                 dropped.append((s.strip(), why))
             else:
                 kept.append(s.strip())
+        if any(why.endswith(INVENTED) for _, why in dropped):
+            return "", dropped
         return (answer.strip() if not dropped else " ".join(kept)), dropped
 
     def visible(self, partial: str) -> str:

@@ -113,6 +113,7 @@ def load_chunks(sf: SourceFile, settings: Settings) -> list[Document]:
     for page_no, text in pages:
         if not text.strip():
             continue
+        text = _keep_lists_with_intro(text)
         headings = _headings(text, markdown=sf.path.suffix.lower() in (".md", ".markdown", ".html", ".htm"))
         for piece in splitter.create_documents([text]):
             start = piece.metadata["start_index"]
@@ -131,6 +132,21 @@ def load_chunks(sf: SourceFile, settings: Settings) -> list[Document]:
     if not chunks:
         raise SkipFile("no text found (a scanned PDF or an empty document?)")
     return chunks
+
+
+# "A story should be:", a blank line, then "- Independent: ..." lines: one paragraph, so that no
+# chunk boundary falls between a list of short items and the sentence that says what it lists
+_INTRO_THEN_LIST = re.compile(r":[ \t]*\n(?:[ \t]*\n)+((?:[ \t]*(?:[-*•]|\d{1,2}[.)])[ \t]+[^\n]*(?:\n|\Z))+)")
+
+
+def _keep_lists_with_intro(text: str) -> str:
+    from .retrieve import SHORT_ITEM
+
+    def join(m: re.Match) -> str:
+        items = m.group(1).strip("\n").split("\n")
+        return ":\n" + m.group(1) if all(len(i.strip()) <= SHORT_ITEM for i in items) else m.group(0)
+
+    return _INTRO_THEN_LIST.sub(join, text)
 
 
 # -- loaders ---------------------------------------------------------------------------------

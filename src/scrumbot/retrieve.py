@@ -7,8 +7,9 @@ on the eval sets, see README)."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
+from typing import Callable, Iterable
 
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
@@ -78,6 +79,10 @@ class Retriever:
                  rewrite: Callable[[str, list[tuple[str, str]]], str | None] | None = None):
         self.settings, self.store, self.embeddings = settings, store, embeddings
         self.rewrite = rewrite  # the model's rewrite of a follow-up (chain.standalone_question)
+        self._acronyms: tuple[tuple, Acronyms] | None = None  # (index version, its names)
+        # sentence -> embedding, kept across questions; per retriever, as it is per embedder (one
+        # shared by all once mixed a test's fake vectors into the real embedder's ranking)
+        self._sentence_vectors: dict[str, list[float]] = {}
 
     def retrieve(self, question: str, history: list[tuple[str, str]] | None = None) -> Retrieval:
         """Passages for the question; a follow-up is first made to stand alone.
@@ -90,7 +95,18 @@ class Retriever:
         self.store.vectorstore()  # no index: say so before the embedder loads
         if query != question and self.rewrite:
             query = self.rewrite(question, history) or query
-        return self._search(query)
+        return self._search(self.spell_out(query))
+
+    def spell_out(self, query: str) -> str:
+        """An acronym the course never writes, followed by the course's name with those initials:
+        "What does a PO do?" -> "What does a PO (Product Owner) do?". MiniLM does not know
+        "PO", and the question was refused at the gate."""
+        if not _ACRONYM.search(query):
+            return query
+        version = (self.store.count(), self.store.last_write())
+        if self._acronyms is None or self._acronyms[0] != version:
+            self._acronyms = (version, Acronyms(d.page_content for d in self.store.all_chunks()))
+        return self._acronyms[1].spell_out(query)
 
     def _search(self, query: str) -> Retrieval:
         vector = self.embeddings.embed_query(query)
@@ -104,7 +120,40 @@ class Retriever:
     def focus(self, retrieval: Retrieval, passages: list[Source]) -> list[Source]:
         """The passages cut down to what the model needs to read (see `focus`)."""
         return focus(retrieval.query, retrieval.vector, passages, self.embeddings,
-                     self.settings.max_context_chars)
+                     self.settings.max_context_chars, cache=self._sentence_vectors)
+
+
+# -- acronyms -------------------------------------------------------------------------------------
+
+_ACRONYM = re.compile(r"\b[A-Z]{2,5}\b")
+_CAPITALISED_RUN = re.compile(r"\b[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+)+")
+
+
+class Acronyms:
+    """The capitalised names of a course ("Product Owner", "Release Train Engineer") by their
+    initials, for acronyms the course itself never writes."""
+
+    def __init__(self, texts: Iterable[str]):
+        self.written: set[str] = set()
+        self.names: Counter[tuple[str, ...]] = Counter()
+        for text in texts:
+            self.written.update(WORD.findall(text))
+            for run in _CAPITALISED_RUN.finditer(text):
+                words = run.group().split()
+                for n in range(2, min(5, len(words)) + 1):
+                    self.names.update(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+
+    def spell_out(self, query: str) -> str:
+        def one(m: re.Match) -> str:
+            acronym = m.group()
+            if acronym in self.written:
+                return acronym  # the course uses it: its own passages say what it means
+            # the commonest name with these initials, seen at least twice (not a chance capital)
+            found = [(count, name) for name, count in self.names.items()
+                     if count >= 2 and "".join(w[0] for w in name) == acronym]
+            return f"{acronym} ({' '.join(max(found)[1])})" if found else acronym
+
+        return _ACRONYM.sub(one, query)
 
 
 # -- sentence-level selection --------------------------------------------------------------------
@@ -117,7 +166,7 @@ def sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(text) if s and s.strip()]
 
 
-WORD = re.compile(r"[A-Za-z][A-Za-z'’\-]*|\d[\d.,%]*")
+WORD = re.compile(r"[A-Za-z][A-Za-z'’\-]*|\d(?:[\d.,]*\d)?%?")  # "2,000." is the number 2,000
 
 STOP = frozenset("""
 a about above after again against all also am an and any are aren't as at be because been before
@@ -140,6 +189,8 @@ def stem(word: str) -> str:
     w = word.lower().replace("’", "'")
     if w.endswith("'s"):
         w = w[:-2]
+    elif len(word) > 2 and word.endswith("s") and word[:-1].isupper():  # "PIs", "POs"
+        return w[:-1]
     for suffix in ("ing", "ed", "es", "s"):
         if w.endswith(suffix) and len(w) - len(suffix) >= 3:
             w = w[: -len(suffix)]
@@ -152,11 +203,8 @@ def terms(text: str) -> list[str]:
     return [stem(w) for w in WORD.findall(text) if w.lower() not in STOP]
 
 
-_sentence_vectors: dict[str, list[float]] = {}  # sentence -> embedding, shared by all questions
-
-
 def focus(query: str, vector: list[float], passages: list[Source], embeddings: Embeddings,
-          budget: int, lexical_weight: float = 0.3) -> list[Source]:
+          budget: int, lexical_weight: float = 0.3, cache: dict[str, list[float]] | None = None) -> list[Source]:
     """Each passage reduced to its sentences closest to the query, all within `budget` characters.
 
     Prefill is what a 2-core CPU pays for (~90 prompt tokens/s for the 1.5B model), so the
@@ -167,40 +215,86 @@ def focus(query: str, vector: list[float], passages: list[Source], embeddings: E
     A sentence's score is its embedding's cosine similarity to the query plus `lexical_weight`
     times its BM25 score (scaled to 0..1 over the candidates): MiniLM alone ranked generic
     sentences ("choose the certification that aligns with your interests") above the one that
-    names the role asked about ("... sought by ... business analysts"). Headings and fragments
-    under four words are not candidates; a chosen sentence that starts with a pronoun brings
-    the sentence before it when the budget allows. Sentences keep their order in a passage."""
+    names the role asked about ("... sought by ... business analysts"). See `units` for what
+    the candidates are; a chosen sentence that starts with a pronoun brings the sentence before
+    it when the budget allows. Sentences keep their order in a passage."""
     from rank_bm25 import BM25Okapi
 
     if sum(len(p.text) for p in passages) <= budget:
         return passages
-    units = [(i, s.strip(" \t•*-–")) for i, p in enumerate(passages) for s in sentences(p.text)]
-    units = [(i, s) for i, s in units if len(s.split()) >= 4]
-    if not units:
+    found = [(i, text, context) for i, p in enumerate(passages) for text, context in units(p.text)]
+    if not found:
         return passages
-    new = list(dict.fromkeys(s for _, s in units if s not in _sentence_vectors))
+    # what is scored: a sentence that starts with a pronoun together with the one it refers to
+    scored_as = [f"{context} {text}" if context else text for _, text, context in found]
+    cache = {} if cache is None else cache  # text -> its vector by `embeddings` (only those)
+    vectors = {t: v for t in scored_as if (v := cache.get(t)) is not None}  # .get: other threads
+    new = list(dict.fromkeys(t for t in scored_as if t not in vectors))
     if new:
-        if len(_sentence_vectors) > 20_000:  # a bound, not an LRU: re-embedding is cheap
-            _sentence_vectors.clear()
-        _sentence_vectors.update(zip(new, embeddings.embed_documents(new)))
-    lexical = BM25Okapi([terms(s) or ["-"] for _, s in units]).get_scores(terms(query) or ["-"])
-    top = max(lexical) if max(lexical) > 0 else 1.0  # units is not empty here
-    score = [dot(vector, _sentence_vectors[s]) + lexical_weight * lexical[n] / top
-             for n, (_, s) in enumerate(units)]
+        fresh = dict(zip(new, embeddings.embed_documents(new)))
+        vectors.update(fresh)
+        if len(cache) > 20_000:  # a bound, not an LRU: re-embedding is cheap
+            cache.clear()
+        cache.update(fresh)
+    lexical = BM25Okapi([terms(t) or ["-"] for t in scored_as]).get_scores(terms(query) or ["-"])
+    top = max(lexical) if max(lexical) > 0 else 1.0
+    score = [dot(vector, vectors[t]) + lexical_weight * lexical[n] / top
+             for n, t in enumerate(scored_as)]
     chosen, used = set(), 0
 
     def take(n: int) -> None:
         nonlocal used
-        if n not in chosen and used + len(units[n][1]) + 1 <= budget:
+        if n not in chosen and used + len(found[n][1]) + 1 <= budget:
             chosen.add(n)
-            used += len(units[n][1]) + 1
+            used += len(found[n][1]) + 1
 
-    for n in sorted(range(len(units)), key=lambda n: -score[n]):
+    for n in sorted(range(len(found)), key=lambda n: -score[n]):
         take(n)
-        if n in chosen and _LEANS_BACK.match(units[n][1]) and n > 0 and units[n - 1][0] == units[n][0]:
+        if n in chosen and found[n][2] and n > 0 and found[n - 1][0] == found[n][0]:
             take(n - 1)
-    kept = [[s for n, (j, s) in enumerate(units) if j == i and n in chosen] for i in range(len(passages))]
+    kept = [[t for n, (j, t, _) in enumerate(found) if j == i and n in chosen] for i in range(len(passages))]
     return [replace(p, text=" ".join(k)) for p, k in zip(passages, kept)]
+
+
+_LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")
+SHORT_ITEM = 80  # characters: a list of items this short is one enumeration, read whole
+
+
+def units(text: str) -> list[tuple[str, str]]:
+    """The candidates `focus` chooses from, in order, as (text, context): context is the sentence
+    before one that starts with a pronoun ("Its purpose is ...") or before a list, else "";
+    it is scored with the candidate and comes with it.
+
+    Sentences of four words or more; a markdown heading is not one. A list of short items
+    ("A story should be: - Independent: ... - Testable: ...") is one candidate with the
+    sentence that introduces it: cut into items, no single one answers "what makes a good
+    story?", and the model made up the rest."""
+    found: list[tuple[str, str]] = []
+    section = 0  # where the current section's candidates start: context does not cross a heading
+
+    def before() -> str:
+        return found[-1][0] if len(found) > section else ""
+
+    for paragraph in re.split(r"\n[ \t]*\n", text):
+        lines = [line.strip() for line in paragraph.strip().splitlines() if line.strip()]
+        if lines and lines[0].startswith("#"):
+            lines, section = lines[1:], len(found)  # a heading, maybe with its paragraph below it
+        items = [line for line in lines if _LIST_ITEM.match(line)]
+        if len(items) >= 2 and all(len(line) <= SHORT_ITEM for line in items):
+            lead = sentences(" ".join(line for line in lines if not _LIST_ITEM.match(line)))
+            intro = [x for x in lead[:-1] if len(x.split()) >= 4]
+            for x in intro:
+                found.append((x, before() if _LEANS_BACK.match(x) else ""))
+            if not lead and found and found[-1][0].endswith(":"):  # introduced by the paragraph before
+                lead = [found.pop()[0]]
+            # scored with the sentence before its intro ("INVEST lists the qualities of a good story.")
+            found.append(("\n".join(lead[-1:] + items), before()))
+            continue
+        for sentence in sentences("\n".join(lines)):
+            sentence = sentence.strip(" \t•*-–")
+            if len(sentence.split()) >= 4 and not sentence.startswith("#"):
+                found.append((sentence, before() if _LEANS_BACK.match(sentence) else ""))
+    return found
 
 
 _LEANS_BACK = re.compile(r"(they|it|this|these|those|their|its|he|she|such)\b", re.I)

@@ -375,6 +375,10 @@ class Store:
                         "Run `scrumbot index --rebuild` to build it again.")
         return [(doc, 1.0 - float(distance)) for doc, distance in hits]
 
+    def last_write(self) -> int | None:
+        """When the index was last written to (None on a Chroma server: count() must do)."""
+        return None if self.settings.chroma_url else _last_write(self.settings.index_dir)
+
     @_server_errors
     def all_chunks(self) -> list[Document]:
         data = self.vectorstore()._collection.get(include=["documents", "metadatas"])
