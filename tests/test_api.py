@@ -102,19 +102,24 @@ def human_ai_turns(messages) -> list[tuple[str, str]]:
     return [(middle[i].content, middle[i + 1].content) for i in range(0, len(middle), 2)]
 
 
-def test_history_reaches_the_prompt_capped_to_max_turns(bot):
+def test_history_reaches_the_prompt_capped_to_max_turns_only_while_a_question_leans_on_it(bot):
     history = [(f"Question number {i} about CSM?", f"Answer number {i}.") for i in range(1, 6)]
 
-    bot.answer("What does the CSPO certification focus on?", history)
+    # the echo model cannot rewrite "it": the question is searched with the previous one and
+    # asked with the history
+    assert not bot.answer("What does that certification focus on?", history).refused
 
     assert bot.settings.max_history_turns == 3
     assert human_ai_turns(bot.llm.calls[-1]) == history[-3:]
-    assert "What does the CSPO certification focus on?" in bot.llm.calls[-1][-1].content
+    assert "What does that certification focus on?" in bot.llm.calls[-1][-1].content
 
     one = Assistant(bot.settings.replace(max_history_turns=1), embeddings=bot.embeddings,
                     embedder_name=bot.embedder_name, llm=EchoChatModel())
-    one.answer("What does the CSPO certification focus on?", history)
+    one.answer("What does that certification focus on?", history)
     assert human_ai_turns(one.llm.calls[-1]) == history[-1:]
+    # a question that stands alone is read without it: every turn of history is prefill
+    bot.answer("What does the CSPO certification focus on?", history)
+    assert human_ai_turns(bot.llm.calls[-1]) == []
 
 
 def test_follow_up_question_searches_with_the_previous_question(bot, monkeypatch):
@@ -209,9 +214,9 @@ class RewritingChatModel(EchoChatModel):
     """Echoes like EchoChatModel, but answers a rewrite request with a standalone question."""
 
     def _reply(self, messages):
-        from scrumbot.chain import REWRITE_SYSTEM
+        from scrumbot.chain import REWRITE
 
-        if messages[0].content == REWRITE_SYSTEM:
+        if messages[-1].content.startswith(REWRITE):
             self.calls.append(messages)
             assert "User: How do I get the CSPO certification?" in messages[-1].content
             return "Rewritten: Who is the CSPO certification for?"
@@ -219,7 +224,7 @@ class RewritingChatModel(EchoChatModel):
 
 
 def test_a_follow_up_is_rewritten_by_the_model_and_only_a_follow_up(settings, corpus, monkeypatch):
-    from scrumbot.chain import REWRITE_SYSTEM
+    from scrumbot.chain import REWRITE, SYSTEM
 
     bot = Assistant(settings, embeddings=FakeEmbeddings(), embedder_name="fake", llm=RewritingChatModel())
     bot.index()
@@ -227,13 +232,16 @@ def test_a_follow_up_is_rewritten_by_the_model_and_only_a_follow_up(settings, co
     real = bot.embeddings.embed_query
     monkeypatch.setattr(bot.embeddings, "embed_query", lambda text: queries.append(text) or real(text))
     history = [("How do I get the CSPO certification?", "Attend a two-day course and pass an exam.")]
-    rewrites = lambda: [c for c in bot.llm.calls if c[0].content == REWRITE_SYSTEM]  # noqa: E731
+    rewrites = lambda: [c for c in bot.llm.calls if c[-1].content.startswith(REWRITE)]  # noqa: E731
 
     a = bot.answer("Who is it for?", history)
 
     assert queries[0] == "Who is the CSPO certification for?"  # the rewrite, label stripped
     assert len(rewrites()) == 1 and not a.refused
     assert "Question: Who is the CSPO certification for?" in bot.llm.calls[-1][-1].content
+    assert human_ai_turns(bot.llm.calls[-1]) == []  # rewritten to stand alone: no history needed
+    # the rewrite and the answer open with the same system prompt: llama.cpp reuses that prefix
+    assert rewrites()[0][0].content == bot.llm.calls[-1][0].content == SYSTEM
     bot.answer("What certification suits business analysts?", history)  # stands on its own
     bot.answer("Who is it for?")  # nothing to lean on
     assert len(rewrites()) == 1, "no extra model call for a question that stands alone"

@@ -196,7 +196,10 @@ class Assistant:
         text = shown = ""
         # ...and of those, only the sentences closest to the question (prefill is the cost)
         focused = self.retriever.focus(retrieval, readable) if readable else []
-        for piece in self._generate(retrieval.query, focused, history) if focused else ():
+        # History only when the question still leans on it: a question that stands alone, or
+        # that the model rewrote to, reads the same without it, and every turn of it is prefill.
+        context = [] if retrieval.standalone else history
+        for piece in self._generate(retrieval.query, focused, context) if focused else ():
             if not text:
                 timings["first_token_s"] = round(time.perf_counter() - t0, 4)
             text += piece

@@ -92,13 +92,15 @@ def is_refusal(text: str) -> bool:
 
 # -- follow-up questions -------------------------------------------------------------------------
 
-# Few-shot, with an example from outside the course so it teaches the form, not an answer.
-REWRITE_SYSTEM = (
-    "Rewrite the user's last question so that it can be understood on its own, without the "
-    "conversation: replace words such as it, its, that, this, they and one with what they refer "
+# Few-shot, with an example from outside the course so it teaches the form, not an answer. It
+# is the user's message under the answering prompt's own system prompt: llama.cpp then reuses
+# that prefix (~110 tokens, ~1.2 s here) for the rewrite and again for the answer after it.
+REWRITE = (
+    "Do not answer now. Rewrite my last question so that it can be understood on its own, without "
+    "the conversation: replace words such as it, its, that, this, they and one with what they refer "
     "to. Keep the question short and do not answer it. Reply with the rewritten question only.\n\n"
     "Example:\nConversation:\nUser: What is a burndown chart?\nLast question: Who updates it?\n"
-    "Rewritten: Who updates the burndown chart?"
+    "Rewritten: Who updates the burndown chart?\n\n"
 )
 
 
@@ -106,8 +108,8 @@ def standalone_question(llm: BaseChatModel, question: str, history: list[tuple[s
     """The model's rewrite of a follow-up so that it stands alone ("Who is it for?" after the
     CSPO -> "Who is the CSPO for?"); None when the reply is not a usable question."""
     conversation = "\n".join(f"User: {q}" for q, _ in history[-2:])
-    reply = llm.invoke([SystemMessage(REWRITE_SYSTEM), HumanMessage(
-        f"Conversation:\n{conversation}\nLast question: {question}\nRewritten:")]).content
+    reply = llm.invoke([SystemMessage(SYSTEM), HumanMessage(
+        f"{REWRITE}Conversation:\n{conversation}\nLast question: {question}\nRewritten:")]).content
     lines = [line.strip() for line in str(reply).strip().splitlines() if line.strip()]
     if not lines:
         return None

@@ -50,6 +50,9 @@ class Retrieval:
     query: str  # what was searched (the question, or the question resolved against history)
     passages: list[Source]
     vector: list[float]  # the query's embedding
+    # the query needs no history to be understood: the question stood alone, or the model
+    # rewrote it so (not when it was only joined to the previous question)
+    standalone: bool = True
 
     @property
     def top_score(self) -> float:
@@ -93,9 +96,9 @@ class Retriever:
         Measured against the alternatives on the dialogue sets: README "Answer quality"."""
         query = search_query(question, history or [])
         self.store.vectorstore()  # no index: say so before the embedder loads
-        if query != question and self.rewrite:
-            query = self.rewrite(question, history) or query
-        return self._search(self.spell_out(query))
+        rewritten = self.rewrite(question, history) if query != question and self.rewrite else None
+        return replace(self._search(self.spell_out(rewritten or query)),
+                       standalone=query == question or rewritten is not None)
 
     def spell_out(self, query: str) -> str:
         """An acronym the course never writes, followed by the course's name with those initials:
