@@ -155,8 +155,9 @@ def bench_retrieval_10k(table: Table) -> None:
     table.add("retrieval p50 at 10,000 chunks (embed + search)", 1000 * pct(times, 0.5), "ms", "≤ 30 ms", 1000 * pct(times, 0.5) <= 30)
 
 
-def bench_indexing(table: Table, n_docs: int) -> None:
-    """Indexing throughput vs the embedder's raw encode throughput, measured back to back."""
+def bench_indexing(table: Table, n_docs: int, rounds: int = 3) -> None:
+    """Indexing throughput vs the embedder's raw encode throughput, measured back to back,
+    `rounds` times into fresh indexes (medians: one round varies by +-7 % on this machine)."""
     from scrumbot import Assistant
 
     rng = random.Random(2)
@@ -165,28 +166,35 @@ def bench_indexing(table: Table, n_docs: int) -> None:
     docs.mkdir()
     for i in range(n_docs):
         (docs / f"doc{i:04d}.md").write_text(f"# Topic {i}\n\n" + synthetic_text(rng, 420))
-    settings = Settings.from_env(index_dir=tmp / "index")
-    assistant = Assistant(settings)
+    warm = tmp / "warm"
+    warm.mkdir()
+    (warm / "warm.md").write_text("# Warm up\n\n" + synthetic_text(rng, 50))
+    settings = Settings.from_env(index_dir=tmp / "index-0")
+    first = Assistant(settings)
     from scrumbot.ingest import discover, load_chunks
 
     files, _ = discover(docs)
     texts = [c.page_content for f in files for c in load_chunks(f, settings)]
-    st = assistant.embeddings._client  # the SentenceTransformer behind HuggingFaceEmbeddings
+    st = first.embeddings._client  # the SentenceTransformer behind HuggingFaceEmbeddings
     st.encode(texts[:32], batch_size=32, normalize_embeddings=True)  # warm
-    t = time.perf_counter()
-    st.encode(texts, batch_size=32, normalize_embeddings=True)
-    raw = len(texts) / (time.perf_counter() - t)
-    # one small file first: the process's one-time imports (Chroma, the record manager, the
-    # loaders) are not indexing throughput
-    warm = tmp / "warm"
-    warm.mkdir()
-    (warm / "warm.md").write_text("# Warm up\n\n" + synthetic_text(rng, 50))
-    assistant.index([warm])
-    report = assistant.index([docs])
-    rate = report.chunks_embedded / report.seconds
-    table.add(f"embedder raw encode ({len(texts)} chunks)", raw, "chunks/s", "", None)
-    table.add("indexing throughput", rate, "chunks/s", "≥ 0.9 × raw", rate >= 0.9 * raw)
-    table.add("indexing / raw encode", rate / raw, "×", "≥ 0.9", rate >= 0.9 * raw)
+    raws, rates = [], []
+    for r in range(rounds):
+        t = time.perf_counter()
+        st.encode(texts, batch_size=32, normalize_embeddings=True)
+        raws.append(len(texts) / (time.perf_counter() - t))
+        assistant = Assistant(settings.replace(index_dir=tmp / f"index-{r}"), embeddings=first.embeddings,
+                              embedder_name=first.embedder_name)
+        # one small file first: the one-time imports and opening the index are not throughput
+        assistant.index([warm])
+        report = assistant.index([docs])
+        rates.append(report.chunks_embedded / report.seconds)
+        print(f"  (round {r + 1}: raw {raws[-1]:.1f}, indexing {rates[-1]:.1f} chunks/s, "
+              f"{rates[-1] / raws[-1]:.3f}x)", flush=True)
+    raw, rate = statistics.median(raws), statistics.median(rates)
+    ratio = statistics.median(x / y for x, y in zip(rates, raws))
+    table.add(f"embedder raw encode ({len(texts)} chunks) p50", raw, "chunks/s", "", None)
+    table.add("indexing throughput p50", rate, "chunks/s", "≥ 0.9 × raw", ratio >= 0.9)
+    table.add("indexing / raw encode p50 (same round)", ratio, "×", "≥ 0.9", ratio >= 0.9)
 
 
 def bench_noop_reindex(table: Table, n_docs: int = 1000) -> None:
