@@ -227,8 +227,7 @@ class Assistant:
         question instead, as the extractive mode always does)."""
         if self.settings.llm == "extractive":
             return None
-        one_at_a_time = self._generate_lock if self.settings.llm != "openai" else contextlib.nullcontext()
-        with one_at_a_time:
+        with self._model_turn():
             try:
                 return standalone_question(self.llm, question, history)
             except ScrumbotError:
@@ -237,15 +236,17 @@ class Assistant:
                 log.warning("could not rewrite the follow-up %r: %s", question[:80], err)
                 return None
 
+    def _model_turn(self):
+        """Held around every model call: an in-process model takes them one at a time; an
+        OpenAI-compatible server queues or batches requests itself."""
+        return self._generate_lock if self.settings.llm != "openai" else contextlib.nullcontext()
+
     def _generate(self, question: str, passages: list[Source], history: History) -> Iterator[str]:
         if self.settings.llm == "extractive":
             yield from extractive_answer(question, passages, self.embeddings)
             return
         inputs = chain_inputs(question, passages, history, self.settings.max_context_chars)
-        # An OpenAI-compatible server queues or batches requests itself; only an in-process
-        # model needs them one at a time.
-        one_at_a_time = self._generate_lock if self.settings.llm != "openai" else contextlib.nullcontext()
-        with one_at_a_time:
+        with self._model_turn():
             try:
                 yield from self.chain.stream(inputs)
             except ScrumbotError:

@@ -134,14 +134,17 @@ def load_chunks(sf: SourceFile, settings: Settings) -> list[Document]:
     return chunks
 
 
+# A list item line ("- Independent: ...", "2. Focus:"), and the length under which a list's items
+# make one enumeration, read whole (here, and by retrieve.units)
+LIST_ITEM = r"[ \t]*(?:[-*•]|\d{1,2}[.)])[ \t]+"
+SHORT_ITEM = 80  # characters
+
 # "A story should be:", a blank line, then "- Independent: ..." lines: one paragraph, so that no
 # chunk boundary falls between a list of short items and the sentence that says what it lists
-_INTRO_THEN_LIST = re.compile(r":[ \t]*\n(?:[ \t]*\n)+((?:[ \t]*(?:[-*•]|\d{1,2}[.)])[ \t]+[^\n]*(?:\n|\Z))+)")
+_INTRO_THEN_LIST = re.compile(rf":[ \t]*\n(?:[ \t]*\n)+((?:{LIST_ITEM}[^\n]*(?:\n|\Z))+)")
 
 
 def _keep_lists_with_intro(text: str) -> str:
-    from .retrieve import SHORT_ITEM
-
     def join(m: re.Match) -> str:
         items = m.group(1).strip("\n").split("\n")
         return ":\n" + m.group(1) if all(len(i.strip()) <= SHORT_ITEM for i in items) else m.group(0)

@@ -15,6 +15,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
 from .config import Settings
+from .ingest import LIST_ITEM, SHORT_ITEM
 from .store import Store
 
 
@@ -138,23 +139,28 @@ class Acronyms:
 
     def __init__(self, texts: Iterable[str]):
         self.written: set[str] = set()
-        self.names: Counter[tuple[str, ...]] = Counter()
+        names: Counter[tuple[str, ...]] = Counter()
         for text in texts:
             self.written.update(WORD.findall(text))
             for run in _CAPITALISED_RUN.finditer(text):
                 words = run.group().split()
                 for n in range(2, min(5, len(words)) + 1):
-                    self.names.update(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+                    names.update(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+        # initials -> the commonest name with them, seen at least twice (not a chance capital);
+        # built once per index version, so a question looks its acronyms up
+        best: dict[str, tuple[int, tuple[str, ...]]] = {}
+        for name, count in names.items():
+            initials = "".join(w[0] for w in name)
+            if count >= 2 and (count, name) > best.get(initials, (0, ())):
+                best[initials] = (count, name)
+        self.names = {initials: " ".join(name) for initials, (_, name) in best.items()}
 
     def spell_out(self, query: str) -> str:
         def one(m: re.Match) -> str:
             acronym = m.group()
-            if acronym in self.written:
-                return acronym  # the course uses it: its own passages say what it means
-            # the commonest name with these initials, seen at least twice (not a chance capital)
-            found = [(count, name) for name, count in self.names.items()
-                     if count >= 2 and "".join(w[0] for w in name) == acronym]
-            return f"{acronym} ({' '.join(max(found)[1])})" if found else acronym
+            if acronym in self.written or acronym not in self.names:
+                return acronym  # the course uses it (its passages say what it means), or no name
+            return f"{acronym} ({self.names[acronym]})"
 
         return _ACRONYM.sub(one, query)
 
@@ -259,8 +265,7 @@ def focus(query: str, vector: list[float], passages: list[Source], embeddings: E
     return [replace(p, text=" ".join(k)) for p, k in zip(passages, kept)]
 
 
-_LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")
-SHORT_ITEM = 80  # characters: a list of items this short is one enumeration, read whole
+_LIST_ITEM = re.compile(LIST_ITEM)  # lines come stripped: the pattern's leading blanks match nothing
 
 
 def units(text: str) -> list[tuple[str, str]]:

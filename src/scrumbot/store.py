@@ -507,7 +507,7 @@ class Store:
                 rm.delete_keys(sorted(self._keys_of(rm, groups) - held))
             # The slow part, before anything is written: stopping here leaves the index untouched.
             vectors = _embed_all(self.embeddings, [d.page_content for d in todo], progress) if todo else {}
-            touched = {f"{root}::{name}" for name, _ in changed} | {f"{root}::{name}" for name in gone}
+            touched = set(groups) | {f"{root}::{name}" for name in gone}
             if not touched:
                 continue
             self._check_room(todo, vectors)
@@ -533,7 +533,7 @@ class Store:
                     for name in gone:
                         keys = rm.list_keys(group_ids=[f"{root}::{name}"])
                         # also chunks written before a crash, which the record manager never saw
-                        ids = set(keys) | set(collection.get(where={"source_id": f"{root}::{name}"})["ids"])
+                        ids = set(keys) | self._ids_of(collection, [f"{root}::{name}"])
                         if ids:
                             vs.delete(ids=list(ids))
                         rm.delete_keys(keys)
