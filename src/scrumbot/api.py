@@ -43,6 +43,9 @@ class Answer:
     question: str = ""
     done: bool = True
     timings: dict = field(default_factory=dict)
+    # why it was refused, in words a trainer can act on ("no passage close enough (best 0.18)");
+    # "" for an answer
+    reason: str = ""
 
     def as_dict(self) -> dict:
         return {
@@ -50,6 +53,7 @@ class Answer:
             "refused": self.refused,
             "sources": [s.as_dict() for s in self.sources],
             "timings": self.timings,
+            "reason": self.reason,
         }
 
 
@@ -182,7 +186,9 @@ class Assistant:
         timings = {"retrieval_s": round(time.perf_counter() - t0, 4)}
         if not self.retriever.covered(retrieval):
             timings["total_s"] = round(time.perf_counter() - t0, 4)
-            yield Answer(NOT_COVERED, True, [], question, True, timings)
+            yield Answer(NOT_COVERED, True, [], question, True, timings,
+                         reason=f"no passage close enough to the question (best {retrieval.top_score:.2f}, "
+                                f"needs {self.settings.min_score:.2f})")
             return
         passages = [p for p in retrieval.passages if p.score >= self.settings.min_score]
         # The model reads the passages without sentences addressed to it, and only what its
@@ -210,13 +216,16 @@ class Assistant:
         timings["total_s"] = round(time.perf_counter() - t0, 4)
         text = text.strip()
         if not text or is_refusal(text):
-            yield Answer(NOT_COVERED, True, [], question, True, timings)
+            yield Answer(NOT_COVERED, True, [], question, True, timings,
+                         reason="the model found no answer in the passages")
             return
         grounded, dropped = grounding.check(text)
         for sentence, why in dropped:
             log.info("left out of the answer to %r (%s): %r", question[:80], why, sentence)
         if not grounded or is_refusal(grounded):
-            yield Answer(NOT_COVERED, True, [], question, True, timings)
+            why = dropped[0][1] if dropped else "the answer said the passages do not cover it"
+            yield Answer(NOT_COVERED, True, [], question, True, timings,
+                         reason=f"the answer was withheld: {why}")
             return
         if grounded != shown and grounded.startswith(shown):
             yield replace(partial, text=grounded)

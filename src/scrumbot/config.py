@@ -100,6 +100,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 7860
     auth: str | None = None  # "user:password" for the web page
+    # accounts (of SCRUMBOT_AUTH) that may change courses and read the trainer report, comma-
+    # separated; unset: every account. Without SCRUMBOT_AUTH only a page on loopback is a trainer's.
+    trainers: str | None = None
     allow_unauthenticated: bool = False
 
     @classmethod

@@ -150,16 +150,32 @@ def build_app(assistant: Assistant):
     return app
 
 
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_trainer(settings: Settings, username: str | None) -> bool:
+    """May this visitor change the course and read the trainer report? With SCRUMBOT_AUTH: the
+    accounts listed in SCRUMBOT_TRAINERS (every account when it is unset). Without it: only on
+    loopback, where the visitor is the local user. Checked again in every handler that changes
+    something: hiding a control does not stop a direct API call."""
+    if settings.auth:
+        if not username:
+            return False
+        listed = {u.strip() for u in (settings.trainers or "").split(",") if u.strip()}
+        return not listed or username in listed
+    return is_loopback(settings.host)
+
+
 def check_exposure(settings: Settings) -> None:
     """Refuse to serve beyond this machine without a password, unless explicitly told to."""
     if settings.auth is not None and not re.fullmatch(r"[^:]+:.+", settings.auth):
         raise ConfigError("SCRUMBOT_AUTH must be user:password (both parts non-empty).",
                           "Set it like SCRUMBOT_AUTH=teacher:a-long-password.")
-    try:
-        loopback = settings.host == "localhost" or ipaddress.ip_address(settings.host).is_loopback
-    except ValueError:
-        loopback = False
-    if loopback or settings.auth:
+    if is_loopback(settings.host) or settings.auth:
         return
     if not settings.allow_unauthenticated:
         raise ConfigError(
