@@ -157,10 +157,13 @@ class Assistant:
         return None
 
     def status(self) -> dict:
-        from .llm import describe
+        from .llm import describe, llama_build
 
-        return {"index": self.store.status(), "embedder": self.embedder_name,
+        info = {"index": self.store.status(), "embedder": self.embedder_name,
                 "llm": describe(self.settings), "settings": self.settings.redacted()}
+        if self.settings.llm == "llamacpp":
+            info["llama_build"] = llama_build()
+        return info
 
     def warm(self) -> None:
         """Load the embedder, the index and the model now, so the first user doesn't wait."""

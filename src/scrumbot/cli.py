@@ -142,6 +142,11 @@ def status(as_json: bool) -> None:
     click.echo(f"index:    {idx['location']} ({'exists' if idx['exists'] else 'missing: run `scrumbot index`'})")
     click.echo(f"embedder: {idx.get('embedder') or info['embedder']}")
     click.echo(f"llm:      {info['llm']}")
+    if "llama_build" in info:
+        build = info["llama_build"]
+        click.echo(f"build:    {build['build']}" + (f" ({build['because']})" if build["because"] else ""))
+        if build["system_info"]:
+            click.echo(f"          {build['system_info']}")
     click.echo(f"chunks:   {idx['chunks']}")
     for root, files in idx.get("sources", {}).items():
         click.echo(f"from {root}:")

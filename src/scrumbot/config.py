@@ -35,6 +35,15 @@ def apply_offline_env() -> None:
         os.environ.setdefault(key, value)
 
 
+# the user[:password]@ part of a URL ("http://bob:pa55word@host/v1")
+_USERINFO = re.compile(r"(?<=://)[^/\s@]+@")
+
+
+def without_credentials(url: str | None) -> str | None:
+    """A URL as it may be shown or logged: "http://bob:pa55word@host/v1" -> "http://****@host/v1"."""
+    return _USERINFO.sub("****@", url) if url else url
+
+
 def _data_home() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "scrumbot"
 
@@ -134,12 +143,17 @@ class Settings:
         for secret in ("openai_api_key", "chroma_token", "chroma_headers", "auth"):
             if out[secret]:
                 out[secret] = "****"
-        return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
+        return {k: str(v) if isinstance(v, Path) else without_credentials(v) if isinstance(v, str) else v
+                for k, v in out.items()}
 
     def mask(self, text: str) -> str:
         """`text` with every secret of these settings, and any password in a URL, as ****: for
         error messages and log lines, which may quote a server's reply or a URL."""
         secrets = [self.openai_api_key, self.chroma_token, self.auth]
+        for url in (self.openai_base_url, self.chroma_url):  # a URL's password, quoted on its own
+            userinfo = _USERINFO.search(url or "")
+            if userinfo:
+                secrets += [userinfo.group()[:-1], userinfo.group()[:-1].partition(":")[2]]
         if self.auth and ":" in self.auth:
             secrets.append(self.auth.split(":", 1)[1])
         if self.chroma_headers:
@@ -149,7 +163,7 @@ class Settings:
                 secrets.append(self.chroma_headers)
         for secret in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
             text = text.replace(secret, "****")
-        return re.sub(r"(?<=://)[^/\s:@]+:[^/\s@]+@", "****@", text)
+        return _USERINFO.sub("****@", text)
 
 
 def _parse(f: dataclasses.Field, raw: str) -> Any:

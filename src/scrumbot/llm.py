@@ -9,7 +9,7 @@ import threading
 
 from langchain_core.language_models.chat_models import BaseChatModel
 
-from .config import Settings
+from .config import Settings, without_credentials
 from .errors import LLMUnavailableError, ModelError
 from .models import gguf_path
 
@@ -30,8 +30,30 @@ def describe(settings: Settings) -> str:
     if settings.llm == "extractive":
         return "extractive (no LLM: best sentences of the retrieved passages)"
     if settings.llm == "openai":
-        return f"openai-compatible {settings.openai_model or '?'} at {settings.openai_base_url or '?'}"
+        return f"openai-compatible {settings.openai_model or '?'} at {without_credentials(settings.openai_base_url) or '?'}"
     return f"llama.cpp {settings.model}"
+
+
+def llama_build() -> dict:
+    """Which llama-cpp-python build answers, so a slow or fallback build is visible: the step the
+    bootstrap chose and why (its record in the venv, scripts/llama_build.py), and llama.cpp's
+    own system-info line (the CPU features it was compiled to use)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    try:
+        import llama_cpp
+    except ImportError:
+        return {"build": "not installed", "because": "", "system_info": ""}
+    info = llama_cpp.llama_print_system_info()
+    info = " ".join((info.decode() if isinstance(info, bytes) else str(info)).split())
+    try:
+        record = json.loads((Path(sys.prefix) / "scrumbot-llama-build.json").read_text())
+    except (OSError, ValueError):
+        record = {}
+    return {"build": record.get("step", "not chosen by the bootstrap"), "because": record.get("because", ""),
+            "system_info": info}
 
 
 def _llamacpp(settings: Settings) -> BaseChatModel:
@@ -107,11 +129,12 @@ def check_openai_server(settings: Settings, timeout) -> None:
     go unnoticed. Servers without a model list are let through."""
     import httpx
 
-    base = settings.openai_base_url.rstrip("/")
+    url = settings.openai_base_url.rstrip("/")
+    base = without_credentials(url)  # for the messages
     tried = f"GET {base}/models"
     headers = {"Authorization": f"Bearer {settings.openai_api_key}"} if settings.openai_api_key else {}
     try:
-        response = httpx.get(f"{base}/models", headers=headers, timeout=timeout)
+        response = httpx.get(f"{url}/models", headers=headers, timeout=timeout)
     except httpx.TimeoutException as err:
         raise LLMUnavailableError(
             f"The OpenAI-compatible server at {base} did not answer (tried {tried}: "
@@ -152,7 +175,7 @@ def explain_openai_error(err: BaseException, settings: Settings) -> LLMUnavailab
     what went wrong, what to check."""
     import openai
 
-    base = (settings.openai_base_url or "?").rstrip("/")
+    base = without_credentials(settings.openai_base_url or "?").rstrip("/")
     tried = f"POST {base}/chat/completions with model {settings.openai_model!r}"
     restart = "Check that the server is running (and see its log), then ask again."
     if isinstance(err, openai.APITimeoutError):

