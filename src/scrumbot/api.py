@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 import unicodedata
@@ -20,8 +21,8 @@ from typing import Callable, Iterable, Iterator
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.chat_models import BaseChatModel
 
-from .chain import (NOT_COVERED, SYSTEM, build_chain, chain_inputs, extractive_answer, is_refusal,
-                    standalone_question)
+from .chain import (NOT_COVERED, SYSTEM, YES_NO, build_chain, chain_inputs, extractive_answer, is_refusal,
+                    judge_messages, standalone_question)
 from .config import Settings, apply_offline_env
 from .errors import BadQuestionError, ConfigError, ScrumbotError
 from .models import EMBEDDER_NAME, embedder_path
@@ -46,6 +47,9 @@ class Answer:
     # why it was refused, in words a trainer can act on ("no passage close enough (best 0.18)");
     # "" for an answer
     reason: str = ""
+    # the evidence behind the decision: "retrieval" (best passage's cosine similarity) and
+    # "answerable" (the model's probability that the passages answer the question), when known
+    scores: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -54,6 +58,7 @@ class Answer:
             "sources": [s.as_dict() for s in self.sources],
             "timings": self.timings,
             "reason": self.reason,
+            "scores": self.scores,
         }
 
 
@@ -181,34 +186,53 @@ class Assistant:
         return final
 
     def stream(self, question: str, history: History | None = None) -> Iterator[Answer]:
-        """Yields growing Answer snapshots (done=False) and finally the complete Answer."""
+        """Yields growing Answer snapshots (done=False) and finally the complete Answer.
+
+        retrieve -> read (what the model sees) -> judge (do the passages answer it?) ->
+        generate -> verify (every sentence grounded); the stage that refuses says why."""
         t0 = time.perf_counter()
         question = clean_question(question, self.settings.max_question_chars)
         history = clean_history(history, self.settings)
-        retrieval = self.retriever.retrieve(question, history)
-        timings = {"retrieval_s": round(time.perf_counter() - t0, 4)}
-        if not self.retriever.covered(retrieval):
+        timings: dict = {}
+        scores: dict = {}
+
+        def refused(reason: str) -> Answer:
             timings["total_s"] = round(time.perf_counter() - t0, 4)
-            yield Answer(NOT_COVERED, True, [], question, True, timings,
-                         reason=f"no passage close enough to the question (best {retrieval.top_score:.2f}, "
-                                f"needs {self.settings.min_score:.2f})")
+            return Answer(NOT_COVERED, True, [], question, True, timings, reason=reason, scores=scores)
+
+        # retrieve
+        retrieval = self.retriever.retrieve(question, history)
+        timings["retrieval_s"] = round(time.perf_counter() - t0, 4)
+        scores["retrieval"] = round(retrieval.top_score, 4)
+        if not self.retriever.covered(retrieval):
+            yield refused(f"no passage close enough to the question (best {retrieval.top_score:.2f}, "
+                          f"needs {self.settings.min_score:.2f})")
             return
         passages = [p for p in retrieval.passages if p.score >= self.settings.min_score]
-        # The model reads the passages without sentences addressed to it, and only what its
-        # answer grounds in them is shown (guard.py: documents and questions cannot change the rules).
+        # read: without sentences addressed to the model (guard.py), only the sentences closest
+        # to the question (prefill is the cost); a follow-up as it was searched, rewritten to
+        # stand alone, and without the history once it stands alone
         readable = clean_passages(passages)
-        # A follow-up reaches the model as it was searched, rewritten to stand alone ("Who is
-        # the CSPO for?"): asked as is, "Who is it for?" was refused (README "Answer quality").
+        focused = self.retriever.focus(retrieval, readable) if readable else []
+        if not focused:
+            yield refused("the passages found hold nothing the model may read")
+            return
+        context = [] if retrieval.standalone else history
+        inputs = chain_inputs(retrieval.query, focused, context, self.settings.max_context_chars)
+        # judge
+        p = self._answerable(inputs)
+        if p is not None:
+            scores["answerable"] = round(p, 4)
+            timings["judge_s"] = round(time.perf_counter() - t0, 4)
+            if p < self.settings.min_answerable:
+                yield refused(f"the passages do not answer it (p = {p:.2f}, needs {self.settings.min_answerable:.2f})")
+                return
+        # generate, showing only what is grounded so far
         grounding = Grounding(readable, retrieval.query, SYSTEM)
-        partial = Answer("", False, passages, question, False, timings)
+        partial = Answer("", False, passages, question, False, timings, scores=scores)
         yield partial
         text = shown = ""
-        # ...and of those, only the sentences closest to the question (prefill is the cost)
-        focused = self.retriever.focus(retrieval, readable) if readable else []
-        # History only when the question still leans on it: a question that stands alone, or
-        # that the model rewrote to, reads the same without it, and every turn of it is prefill.
-        context = [] if retrieval.standalone else history
-        for piece in self._generate(retrieval.query, focused, context) if focused else ():
+        for piece in self._generate(retrieval.query, focused, context, inputs):
             if not text:
                 timings["first_token_s"] = round(time.perf_counter() - t0, 4)
             text += piece
@@ -216,23 +240,43 @@ class Assistant:
             if visible != shown and visible.startswith(shown):  # never take back what was shown
                 shown = visible
                 yield replace(partial, text=shown)
-        timings["total_s"] = round(time.perf_counter() - t0, 4)
         text = text.strip()
+        # verify
         if not text or is_refusal(text):
-            yield Answer(NOT_COVERED, True, [], question, True, timings,
-                         reason="the model found no answer in the passages")
+            yield refused("the model found no answer in the passages")
             return
         grounded, dropped = grounding.check(text)
         for sentence, why in dropped:
             log.info("left out of the answer to %r (%s): %r", question[:80], why, sentence)
         if not grounded or is_refusal(grounded):
             why = dropped[0][1] if dropped else "the answer said the passages do not cover it"
-            yield Answer(NOT_COVERED, True, [], question, True, timings,
-                         reason=f"the answer was withheld: {why}")
+            # the words themselves stay in the log: shown, they would show what was withheld
+            yield refused("the answer was withheld: " + re.sub(r"'[^']*'|\"[^\"]*\"", "a word of it", why))
             return
+        timings["total_s"] = round(time.perf_counter() - t0, 4)
         if grounded != shown and grounded.startswith(shown):
             yield replace(partial, text=grounded)
-        yield Answer(grounded, False, passages, question, True, timings)
+        yield Answer(grounded, False, passages, question, True, timings, scores=scores)
+
+    def _answerable(self, inputs: dict) -> float | None:
+        """The model's probability that the passages answer the question (None: no model, or a
+        backend without log-probabilities, or the check is off)."""
+        if self.settings.llm == "extractive" or self.settings.min_answerable <= 0 and not self.settings.judge_always:
+            return None
+        from .llm import first_token_probabilities
+
+        with self._model_turn():
+            try:
+                probs = first_token_probabilities(self.llm, judge_messages(inputs), YES_NO)
+            except ScrumbotError:
+                raise
+            except Exception as err:
+                if self.settings.llm == "openai":
+                    from .llm import explain_openai_error
+
+                    raise explain_openai_error(err, self.settings) from err
+                raise
+        return None if probs is None else probs["yes"]
 
     def _standalone(self, question: str, history: History) -> str | None:
         """A follow-up rewritten by the model to stand alone (None: search it with the previous
@@ -253,11 +297,10 @@ class Assistant:
         OpenAI-compatible server queues or batches requests itself."""
         return self._generate_lock if self.settings.llm != "openai" else contextlib.nullcontext()
 
-    def _generate(self, question: str, passages: list[Source], history: History) -> Iterator[str]:
+    def _generate(self, question: str, passages: list[Source], history: History, inputs: dict) -> Iterator[str]:
         if self.settings.llm == "extractive":
             yield from extractive_answer(question, passages, self.embeddings)
             return
-        inputs = chain_inputs(question, passages, history, self.settings.max_context_chars)
         with self._model_turn():
             try:
                 yield from self.chain.stream(inputs)

@@ -45,6 +45,20 @@ def build_chain(llm: BaseChatModel) -> Runnable:
     return build_prompt() | llm | StrOutputParser()
 
 
+# Asked after the same passages and question as the answer, so llama.cpp reuses their cached
+# tokens: the model's probability of "yes" is the evidence that the passages answer the question,
+# a number with a threshold (Settings.min_answerable) chosen on the dev split of the eval sets.
+JUDGE = "Do the course passages above contain the answer to this question? Reply yes or no."
+YES_NO = {"yes": ("Yes", "yes", "YES"), "no": ("No", "no", "NO")}
+
+
+def judge_messages(inputs: dict) -> list:
+    """The answer's own prompt, with the yes/no question after the user's question."""
+    messages = build_prompt().format_messages(**inputs)
+    messages[-1] = HumanMessage(f"{messages[-1].content}\n\n{JUDGE}")
+    return messages
+
+
 def chain_inputs(question: str, passages: list[Source], history: list[tuple[str, str]],
                  max_chars: int) -> dict:
     messages = []

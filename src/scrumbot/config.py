@@ -81,6 +81,10 @@ class Settings:
     # what the model reads: the retrieved chunks' best sentences, this many characters in all
     # (~110 prompt tokens; whole chunks were ~300 and cost ~2 s more to first token)
     max_context_chars: int = 600
+    # the model's probability that the passages answer the question, below which it is refused
+    # ("the passages do not answer it"); 0 turns the check off. Chosen on the eval's dev split.
+    min_answerable: float = 0.5
+    judge_always: bool = False  # compute that probability even when the check is off (calibration)
 
     # generation
     llm: str = "llamacpp"  # llamacpp | openai | extractive

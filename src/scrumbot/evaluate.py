@@ -155,6 +155,8 @@ class Outcome:
     correct: bool = False
     hit: bool | None = None  # None: no expected source (out-of-scope questions)
     failures: list[str] = field(default_factory=list)
+    reason: str = ""  # why it was refused (Answer.reason)
+    scores: dict = field(default_factory=dict)  # the evidence behind the decision (Answer.scores)
 
     @property
     def kind(self) -> str:
@@ -212,6 +214,7 @@ def run(answerer: Answerer, conversations: list[list[Case]],
             a = answerer.answer(case.q, history)
             seconds = time.perf_counter() - t0
             outcome = score(case, a.text, a.refused, [source_stem(s.source) for s in a.sources], seconds)
+            outcome.reason, outcome.scores = a.reason, dict(a.scores)
             outcomes.append(outcome)
             if on_outcome:
                 on_outcome(outcome)

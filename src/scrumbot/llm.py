@@ -34,6 +34,79 @@ def describe(settings: Settings) -> str:
     return f"llama.cpp {settings.model}"
 
 
+def first_token_probabilities(model: BaseChatModel, messages: list, options: dict[str, tuple[str, ...]]
+                              ) -> dict[str, float] | None:
+    """How likely the model's reply starts with each option ({"yes": ("Yes", "yes"), "no": ...}),
+    renormalised over the options; None when the backend cannot tell (no log-probabilities).
+
+    One forward pass, no sampling. With llama.cpp the prompt's tokens are evaluated on the model's
+    own context, reusing the cached prefix (the system prompt, and the passages when the answer's
+    prompt shares them), so the answer that follows pays only for where the prompts differ."""
+    client = getattr(model, "client", None)
+    if client is not None and type(client).__name__ == "Llama":
+        logits = _llama_next_token_logits(client, messages)
+        scores = {name: max(float(logits[t]) for t in _first_tokens(client, words))
+                  for name, words in options.items()}
+    elif "logprobs" in type(model).model_fields:  # a chat model that can report them (ChatOpenAI)
+        try:
+            reply = model.bind(logprobs=True, top_logprobs=20, extra_body={"max_tokens": 1}).invoke(messages)
+            top = reply.response_metadata["logprobs"]["content"][0]["top_logprobs"]
+        except (KeyError, IndexError, TypeError, ValueError, NotImplementedError):
+            return None
+        found: dict[str, float] = {}
+        for entry in top:  # the same word may come as several tokens ("Yes", " Yes")
+            word = entry["token"].strip()
+            found[word] = max(found.get(word, float("-inf")), entry["logprob"])
+        scores = {name: max((found[w] for w in words if w in found), default=float("-inf"))
+                  for name, words in options.items()}
+    else:
+        return None
+    import math
+
+    best = max(scores.values())
+    if best == float("-inf"):
+        return None
+    weights = {name: math.exp(v - best) for name, v in scores.items()}
+    total = sum(weights.values())
+    return {name: w / total for name, w in weights.items()}
+
+
+def _llama_next_token_logits(llm, messages: list):
+    """The logits of the token after `messages` (chat-formatted as the chat model formats them),
+    evaluated on `llm`'s own context so that its prefix cache is reused and kept."""
+    import numpy as np
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+    from llama_cpp import llama_chat_format
+
+    roles = {SystemMessage: "system", HumanMessage: "user", AIMessage: "assistant"}
+    chat = [{"role": roles[type(m)], "content": m.content} for m in messages]
+    template = llm.metadata.get("tokenizer.chat_template")
+    if template:
+        def text(token: int) -> str:
+            return llm._model.token_get_text(token) if token != -1 else ""
+
+        formatter = llama_chat_format.Jinja2ChatFormatter(
+            template=template, eos_token=text(llm.token_eos()), bos_token=text(llm.token_bos()),
+            stop_token_ids=[llm.token_eos()])
+        formatted = formatter(messages=chat)
+    else:
+        formatted = llama_chat_format.format_chatml(chat)
+    tokens = llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
+    # as Llama.generate does: keep the cached tokens this prompt starts with, evaluate the rest
+    keep = 0
+    for cached, token in zip(llm.input_ids[: llm.n_tokens], tokens[:-1]):
+        if cached != token:
+            break
+        keep += 1
+    llm.n_tokens = keep
+    llm.eval(tokens[keep:])
+    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+
+
+def _first_tokens(llm, words: tuple[str, ...]) -> set[int]:
+    return {llm.tokenize(w.encode("utf-8"), add_bos=False, special=False)[0] for w in words}
+
+
 def llama_build() -> dict:
     """Which llama-cpp-python build answers, so a slow or fallback build is visible: the step the
     bootstrap chose and why (its record in the venv, scripts/llama_build.py), and llama.cpp's
