@@ -41,11 +41,13 @@ mkdir -p "$here/debian-reference"
 for ch in ch01 ch03 ch04 ch08; do
     cp "$debref/$ch.en.html" "$here/debian-reference/"
 done
-pandoc --resource-path="$debref" "$debref/ch05.en.html" -o "$here/debian-reference/ch05.en.docx"
+SOURCE_DATE_EPOCH=1675468800 pandoc --resource-path="$debref" "$debref/ch05.en.html" -o "$here/debian-reference/ch05.en.docx"
 
 # -- the licences that travel with the text -------------------------------------------------------
 mkdir -p "$here/licenses"
 cp "$gitdoc/copyright" "$here/licenses/git-doc.copyright"
 cp out/usr/share/doc/debian-reference-en/copyright "$here/licenses/debian-reference.copyright"
+# both are GPL-2 (git-doc) / GPL-2+ (Debian Reference): the licence text goes along with copies
+cp /usr/share/common-licenses/GPL-2 "$here/licenses/GPL-2"
 
 ls -l "$here/git" "$here/debian-reference"
