@@ -114,6 +114,20 @@ def test_missing_file_and_duplicate_ids_are_clean_errors(tmp_path):
         load([write(tmp_path / "dup.jsonl", {"id": "a", "q": "1?"}, {"id": "a", "q": "2?"})])
 
 
+def test_split_keeps_only_its_lines_and_a_line_without_one_is_dev(tmp_path):
+    f = write(tmp_path / "q.jsonl",
+              {"id": "old", "q": "Tuned on?"},
+              {"id": "d1", "split": "dev", "q": "Dev?"},
+              {"id": "t1", "split": "test", "q": "Test?", "refuse": True},
+              {"id": "t2", "split": "test", "turns": [{"q": "T1?"}, {"q": "T2?"}]})
+    ids = lambda split: [c.id for conv in load([f], split) for c in conv]
+    assert ids("test") == ["t1", "t2.1", "t2.2"]
+    assert ids("dev") == ["old", "d1"]
+    assert ids(None) == ["old", "d1", "t1", "t2.1", "t2.2"]
+    with pytest.raises(EvalFileError, match="no questions of the test split"):
+        load([write(tmp_path / "dev-only.jsonl", {"id": "a", "q": "1?"})], "test")
+
+
 class Scripted:
     """An answerer that replies from a script and records the history it was given."""
 
@@ -171,6 +185,22 @@ def test_eval_command_with_fakes_indexes_a_temporary_corpus(tmp_path, monkeypatc
 
     text = CliRunner().invoke(cli.main, ["eval", str(f), "--corpus", str(EXTRA)])
     assert text.exit_code == 0 and "correct refusals" in text.output and "retrieval hit@" in text.output
+
+
+def test_eval_command_asks_only_the_chosen_split(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCRUMBOT_MIN_SCORE", "0.2")
+    monkeypatch.setattr(cli, "_assistant", lambda s: Assistant(
+        s, embeddings=FakeEmbeddings(), embedder_name="fake-bag-of-words", llm=EchoChatModel()))
+    f = write(tmp_path / "q.jsonl",
+              {"id": "wip", "split": "test", "q": "What is a WIP limit in a Kanban column?",
+               "must": [["WIP"]], "source": "kanban-essentials"},
+              {"id": "dev1", "split": "dev", "q": "What is a retrospective?", "must": [["retro"]]},
+              {"id": "nosplit", "q": "What is a user story?", "must": [["story"]]})
+    result = CliRunner().invoke(cli.main, ["eval", str(f), "--corpus", str(EXTRA), "--json", "--split", "test"])
+    assert result.exit_code == 0, result.output
+    assert [r["case"]["id"] for r in json.loads(result.output)["systems"]["scrumbot"]["results"]] == ["wip"]
+    wrong = CliRunner().invoke(cli.main, ["eval", str(f), "--split", "holdout"])
+    assert wrong.exit_code == 2 and "'holdout' is not one of" in wrong.output
 
 
 def test_eval_of_a_bad_file_is_a_clean_error(tmp_path):

@@ -164,8 +164,10 @@ def status(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary and every result as JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
               help="Save a summary chart (PNG) to PATH.")
+@click.option("--split", type=click.Choice(["dev", "test"]),
+              help='Ask only the lines of this split ("split" field; a line without one is dev).')
 def eval_(files: tuple[Path, ...], corpus: tuple[Path, ...], baseline: bool, as_json: bool,
-          plot: Path | None) -> None:
+          plot: Path | None, split: str | None) -> None:
     """Measure answer quality on question FILES (.jsonl): accuracy, refusals, hit@k, latency.
 
     A line is {"id", "q", "must": [[...]], "must_not": [[...]], "refuse": bool, "source": stem},
@@ -180,7 +182,7 @@ def eval_(files: tuple[Path, ...], corpus: tuple[Path, ...], baseline: bool, as_
             click.echo(f"  {system} {outcome.case.id}: {mark} ({outcome.seconds:.1f}s)", err=True)
 
     report = evaluate(list(files), settings, corpus=list(corpus) or None, baseline=baseline,
-                      progress=progress, assistant=_assistant(settings))
+                      progress=progress, assistant=_assistant(settings), split=split)
     if plot:
         save_plot(report, plot)
     if as_json:

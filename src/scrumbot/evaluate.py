@@ -66,8 +66,11 @@ class Case:
     turn: int = 0
 
 
-def load(paths: Iterable[Path | str]) -> list[list[Case]]:
-    """Conversations (a question alone is a conversation of one turn), in file order."""
+def load(paths: Iterable[Path | str], split: str | None = None) -> list[list[Case]]:
+    """Conversations (a question alone is a conversation of one turn), in file order.
+
+    With `split` ("dev" or "test"), only the lines of that split; a line without "split" is dev,
+    so the question sets written before the split count as what was tuned on."""
     conversations: list[list[Case]] = []
     for path in map(Path, paths):
         try:
@@ -92,6 +95,8 @@ def load(paths: Iterable[Path | str]) -> list[list[Case]]:
             if ident in seen:
                 raise EvalFileError(f"{where}: the id {ident!r} is used twice.", "Give every line its own id.")
             seen.add(ident)
+            if split and row.get("split", "dev") != split:
+                continue
             if "turns" in row:
                 turns = row["turns"]
                 if not isinstance(turns, list) or not turns:
@@ -101,6 +106,9 @@ def load(paths: Iterable[Path | str]) -> list[list[Case]]:
             else:
                 conversations.append([_case(row, ident, path.name, where)])
     if not conversations:
+        if split:
+            raise EvalFileError(f"The question files hold no questions of the {split} split.",
+                                'Mark lines with "split": "dev" or "test", or leave out --split.')
         raise EvalFileError("The question files hold no questions.", _FORMAT_HINT)
     return conversations
 
@@ -389,12 +397,12 @@ def plot(report: Report, path: Path) -> Path:
 
 def evaluate(files: list[Path], settings: Settings, *, corpus: list[Path] | None = None,
              baseline: bool = False, progress: Callable[[str, Outcome], None] | None = None,
-             assistant: Assistant | None = None) -> Report:
-    """Score the real pipeline (and the naive baseline) on the questions in `files`.
+             assistant: Assistant | None = None, split: str | None = None) -> Report:
+    """Score the real pipeline (and the naive baseline) on the questions in `files` (of `split`).
 
     With `corpus`, those paths are indexed into a temporary index first and the user's index
     is not touched; without, the current index is used as it is."""
-    conversations = load(files)
+    conversations = load(files, split)
     with _index_for(settings, corpus, assistant) as bot:
         if bot.store.count() == 0:
             from .errors import IndexMissingError
