@@ -320,3 +320,24 @@ def test_sentence_vectors_are_reused_across_questions_but_never_across_embedders
     assert len(mine.embedded) == 4  # the second question embeds nothing again
     focus(q, other.embed_query(q), long, other, budget=60, cache={})
     assert len(other.embedded) == 4  # another embedder's vectors are its own
+
+
+def test_refusals_are_told_from_answers_that_say_not():
+    from scrumbot.chain import is_refusal
+
+    for refusal in ("The course material doesn't cover that.", "The passages do not mention the CEO.",
+                    "The CEO of Braintrust Group is not mentioned in the course material.",
+                    "I cannot answer that from the passages."):
+        assert is_refusal(refusal), refusal
+    for answer in ("Estimates are not given in hours.", "Kanban does not include sprints.",
+                   "Story points are not provided by the Product Owner alone."):
+        assert not is_refusal(answer), answer
+
+
+def test_numbers_match_however_they_are_written():
+    from scrumbot.guard import Grounding
+
+    g = Grounding([Source("a.txt", "You need 1000 points and a 50 percent score to pass the exam.", 0.5)],
+                  "What do I need to pass the exam?", "system")
+    kept, dropped = g.check("You need 1,000 points and a 50% score to pass the exam.")
+    assert dropped == [] and kept

@@ -122,6 +122,8 @@ def test_sentences_addressed_to_the_model_are_recognised_and_course_text_is_not(
         assert aimed_at_model(sentence), sentence
     course = (CORPUS / "product-owner-101.txt").read_text()
     extra = "".join(p.read_text() for p in sorted((REPO / "eval" / "extra-corpus").glob("*.md")))
+    # course text about an assistant's duties, for people
+    extra += " The assistant should prepare the agenda. An assistant must keep the minutes."
     flagged = [s for s in re.split(r"(?<=[.!?])\s+", course + extra) if aimed_at_model(s)]
     assert flagged == []  # no sentence of the real course material is taken from the model
 

@@ -203,6 +203,22 @@ def test_eval_command_asks_only_the_chosen_split(tmp_path, monkeypatch):
     assert wrong.exit_code == 2 and "'holdout' is not one of" in wrong.output
 
 
+def test_eval_command_fails_below_the_floors_it_is_given(tmp_path, monkeypatch):
+    """`--min-answerable` / `--min-refused`: what CI runs the real model with; the echo model
+    answers the out-of-scope question here (it shares words with a passage), so refusals are 0 %."""
+    monkeypatch.setenv("SCRUMBOT_MIN_SCORE", "0.1")
+    monkeypatch.setattr(cli, "_assistant", lambda s: Assistant(
+        s, embeddings=FakeEmbeddings(), embedder_name="fake-bag-of-words", llm=EchoChatModel()))
+    f = write(tmp_path / "q.jsonl",
+              {"id": "wip", "q": "What is a WIP limit in a Kanban column?", "must": [["WIP"]]},
+              {"id": "near", "q": "What is the price of a WIP limit Kanban column?", "refuse": True})
+    base = ["eval", str(f), "--corpus", str(EXTRA)]
+    ok = CliRunner().invoke(cli.main, base + ["--min-answerable", "100"])
+    assert ok.exit_code == 0, ok.output
+    low = CliRunner().invoke(cli.main, base + ["--min-answerable", "100", "--min-refused", "50"])
+    assert low.exit_code == 1 and "below the floor: out-of-scope refused 0.0 % < 50 %" in low.output
+
+
 def test_eval_of_a_bad_file_is_a_clean_error(tmp_path):
     result = CliRunner().invoke(cli.main, ["eval", str(write(tmp_path / "bad.jsonl", "{oops"))])
     assert result.exit_code == 1 and "not valid JSON" in result.output and "Traceback" not in result.output

@@ -90,6 +90,7 @@ _REFUSAL = re.compile(
 # not include sprints" stays an answer.
 _REFUSAL_INSIDE = re.compile(
     r"\b(is|are|was|were) not (mentioned|provided|specified|stated|given|covered|listed)\b"
+    r"[^.]{0,40}?\b(in|by) the (course|passages?|material|text|context)\b"
     r"|\b(passages?|course|material|text|context)\b[^.]{0,30}?\b(do(es)? ?n[o']t|do(es)? not) "
     r"(cover|mention|say|specify|provide|state|contain|include|give)\b"
     r"|\bno (information|mention)\b",

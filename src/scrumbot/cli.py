@@ -166,8 +166,12 @@ def status(as_json: bool) -> None:
               help="Save a summary chart (PNG) to PATH.")
 @click.option("--split", type=click.Choice(["dev", "test"]),
               help='Ask only the lines of this split ("split" field; a line without one is dev).')
+@click.option("--min-answerable", type=click.FloatRange(0, 100), metavar="PCT",
+              help="Exit with status 1 if fewer than PCT % of the answerable questions are answered right.")
+@click.option("--min-refused", type=click.FloatRange(0, 100), metavar="PCT",
+              help="Exit with status 1 if fewer than PCT % of the out-of-scope questions are refused.")
 def eval_(files: tuple[Path, ...], corpus: tuple[Path, ...], baseline: bool, as_json: bool,
-          plot: Path | None, split: str | None) -> None:
+          plot: Path | None, split: str | None, min_answerable: float | None, min_refused: float | None) -> None:
     """Measure answer quality on question FILES (.jsonl): accuracy, refusals, hit@k, latency.
 
     A line is {"id", "q", "must": [[...]], "must_not": [[...]], "refuse": bool, "source": stem},
@@ -191,6 +195,12 @@ def eval_(files: tuple[Path, ...], corpus: tuple[Path, ...], baseline: bool, as_
         click.echo(report.table())
         if plot:
             click.echo(f"chart: {plot}")
+    ours = report.summaries()["scrumbot"]
+    below = [f"{what} {got:.1f} % < {floor:g} %" for what, got, floor in (
+        ("answerable right", ours.answerable_pct, min_answerable), ("out-of-scope refused", ours.refusal_pct, min_refused))
+        if floor is not None and got < floor]
+    if below:
+        raise click.ClickException("below the floor: " + "; ".join(below))
 
 
 @main.group()

@@ -37,7 +37,8 @@ _AIMED_AT_MODEL = re.compile(
     r"|\bwhen(?:ever)?\s+(?:you\s+are\s+|you're\s+)?asked\b[^.!?\n]{0,80}?\b(?:reply|respond|answer|say|write|output)\b"
     r"|\b(?:reply|respond|answer)\s+(?:only\s+)?(?:with|by\s+saying)\s+(?:only\s+)?(?:the\s+word|exactly|just)\b"
     r"|\bif\s+you\s+are\s+an?\s+(?:ai|assistant|chatbot|bot|language\s+model|llm)\b"
-    r"|\b(?:ai|assistant|chatbot|language\s+model|llm)s?\b[^.!?\n]{0,30}?\b(?:must|should|shall|will\s+now)\b"
+    r"|\b(?:ai|assistant|chatbot|language\s+model|llm)s?\b[^.!?\n]{0,30}?\b(?:must|should|shall|will)\s+(?:now\s+)?"
+    r"(?:answer|reply|respond|say|reveal|ignore|disregard|output|print|only)\b"
     r"|\binstructions?\s+(?:to|for)\s+(?:the\s+)?(?:ai|assistant|chatbot|model|llm)\b",
     re.I,
 )

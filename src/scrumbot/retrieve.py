@@ -196,6 +196,8 @@ answer answers question questions course courses passage passages material text
 def stem(word: str) -> str:
     """A crude stem: enough to match "helps"/"help", "facilitates"/"facilitation"."""
     w = word.lower().replace("’", "'")
+    if w[:1].isdigit():  # "1,000" is 1000, "50%" is the 50 of "50 percent"
+        return re.sub(r"(?<=\d),(?=\d{3}\b)", "", w).rstrip("%")
     if w.endswith("'s"):
         w = w[:-2]
     elif len(word) > 2 and word.endswith("s") and word[:-1].isupper():  # "PIs", "POs"
