@@ -77,6 +77,8 @@ class Settings:
 
     # retrieval and the "not covered" gate
     k: int = 3
+    # dense and BM25 chunk rankings fused (identifiers and terms the embedder does not know)
+    hybrid: bool = False
     min_score: float = 0.25  # calibrated: README "Answer quality" (0.30 refused one more answerable, kept no more out)
     # what the model reads: the retrieved chunks' best sentences, this many characters in all
     # (~110 prompt tokens; whole chunks were ~300 and cost ~2 s more to first token)

@@ -57,7 +57,7 @@ class Retrieval:
 
     @property
     def top_score(self) -> float:
-        return self.passages[0].score if self.passages else 0.0
+        return max((p.score for p in self.passages), default=0.0)
 
 
 # Words that make a question lean on the previous turn ("Who is it for?").
@@ -83,7 +83,8 @@ class Retriever:
                  rewrite: Callable[[str, list[tuple[str, str]]], str | None] | None = None):
         self.settings, self.store, self.embeddings = settings, store, embeddings
         self.rewrite = rewrite  # the model's rewrite of a follow-up (chain.standalone_question)
-        self._acronyms: tuple[tuple, Acronyms] | None = None  # (index version, its names)
+        # (index version, what is derived from all its chunks): acronyms' names, the BM25 lexicon
+        self._course: tuple[tuple, Acronyms, Lexicon] | None = None
         # sentence -> embedding, kept across questions; per retriever, as it is per embedder (one
         # shared by all once mixed a test's fake vectors into the real embedder's ranking)
         self._sentence_vectors: dict[str, list[float]] = {}
@@ -107,15 +108,42 @@ class Retriever:
         "PO", and the question was refused at the gate."""
         if not _ACRONYM.search(query):
             return query
+        return self._derived()[0].spell_out(query)
+
+    def _derived(self) -> tuple[Acronyms, Lexicon]:
+        """What is computed from all the index's chunks, once per index version."""
         version = (self.store.count(), self.store.last_write())
-        if self._acronyms is None or self._acronyms[0] != version:
-            self._acronyms = (version, Acronyms(d.page_content for d in self.store.all_chunks()))
-        return self._acronyms[1].spell_out(query)
+        if self._course is None or self._course[0] != version:
+            chunks = self.store.all_chunks()
+            self._course = (version, Acronyms(d.page_content for d in chunks), Lexicon(chunks))
+        return self._course[1], self._course[2]
 
     def _search(self, query: str) -> Retrieval:
         vector = self.embeddings.embed_query(query)
-        hits = self.store.search(vector, k=self.settings.k)
-        passages = sorted((Source.from_document(d, s) for d, s in hits), key=lambda p: -p.score)
+        k = self.settings.k
+        if not self.settings.hybrid:
+            hits = self.store.search(vector, k=k)
+            passages = sorted((Source.from_document(d, s) for d, s in hits), key=lambda p: -p.score)
+            return Retrieval(query, passages, vector)
+        # dense and BM25 rankings of the chunks, fused by reciprocal rank (as LangChain's
+        # EnsembleRetriever does): a chunk naming a command or identifier that MiniLM does not
+        # know still ranks; every passage keeps its cosine score, which the gate reads
+        pool = max(10, 3 * k)
+        dense = self.store.search(vector, k=pool)
+        lexical = self._derived()[1].top(query, pool)
+        fused: dict[str, float] = {}
+        found: dict[str, tuple[Document, float | None]] = {}
+        for ranking in ([(d, s) for d, s in dense], [(d, None) for d, _ in lexical]):
+            for rank, (doc, cosine) in enumerate(ranking):
+                key = _chunk_key(doc)
+                fused[key] = fused.get(key, 0.0) + 1.0 / (60 + rank + 1)
+                if key not in found or found[key][1] is None:
+                    found[key] = (doc, cosine)
+        best = sorted(fused, key=lambda key: -fused[key])[:k]
+        unscored = [found[key][0].page_content for key in best if found[key][1] is None]
+        vectors = dict(zip(unscored, self.embeddings.embed_documents(unscored))) if unscored else {}
+        passages = [Source.from_document(doc, cosine if cosine is not None else dot(vector, vectors[doc.page_content]))
+                    for doc, cosine in (found[key] for key in best)]
         return Retrieval(query, passages, vector)
 
     def covered(self, retrieval: Retrieval) -> bool:
@@ -125,6 +153,29 @@ class Retriever:
         """The passages cut down to what the model needs to read (see `focus`)."""
         return focus(retrieval.query, retrieval.vector, passages, self.embeddings,
                      self.settings.max_context_chars, cache=self._sentence_vectors)
+
+
+def _chunk_key(doc: Document) -> str:
+    m = doc.metadata
+    return f"{m.get('source_id', m.get('source'))}#{m.get('chunk')}#{m.get('start')}"
+
+
+class Lexicon:
+    """BM25 over every chunk of the course (the same stemmed terms the sentence ranking uses)."""
+
+    def __init__(self, chunks: list[Document]):
+        from rank_bm25 import BM25Okapi
+
+        self.chunks = chunks
+        self.bm25 = BM25Okapi([terms(d.page_content) or ["-"] for d in chunks]) if chunks else None
+
+    def top(self, query: str, n: int) -> list[tuple[Document, float]]:
+        words = terms(query)
+        if self.bm25 is None or not words:
+            return []
+        scores = self.bm25.get_scores(words)
+        ranked = sorted(range(len(scores)), key=lambda i: -scores[i])[:n]
+        return [(self.chunks[i], float(scores[i])) for i in ranked if scores[i] > 0]
 
 
 # -- acronyms -------------------------------------------------------------------------------------
