@@ -8,11 +8,12 @@ sits under, when the document has headings."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from langchain_core.documents import Document
@@ -90,49 +91,67 @@ def discover(path: Path, max_bytes: int = MAX_FILE_BYTES) -> tuple[list[SourceFi
     return files, skipped
 
 
+# What load_chunks makes of a file. Raised whenever a change here changes the chunks of a file
+# whose bytes did not change: the store re-chunks files indexed by an older version.
+INGEST_VERSION = 2
+
+SECTION_SEP = " › "
+
+
+@dataclass(frozen=True)
+class Heading:
+    start: int  # offset of the heading's first character in the extracted text
+    level: int  # 0 a document title, 1 a chapter, 2 a section below it, ...
+    title: str
+    anchor: str = ""  # the HTML id a link can point at ("" if the format has none)
+
+
+@dataclass
+class Extracted:
+    """A file as the chunker sees it: its text (markdown-like for HTML, DOCX and Markdown), the
+    headings in it, and for a PDF where each page starts."""
+
+    text: str
+    headings: list[Heading]
+    pages: list[tuple[int, int]] = field(default_factory=list)  # (offset, page number)
+
+
 def load_chunks(sf: SourceFile, settings: Settings) -> list[Document]:
     """Read `sf` and split it into chunks with metadata; raises SkipFile with the reason."""
     try:
-        pages = _load(sf.path)
+        doc = extract(sf.path)
     except SkipFile:
         raise
     except OSError as err:
         raise SkipFile(f"cannot read: {err.strerror or err}") from None
     except Exception as err:  # a parser's own error on a malformed file
         raise SkipFile(f"cannot parse {sf.path.suffix} file: {type(err).__name__}: {err}") from None
-    from langchain_text_splitters import RecursiveCharacterTextSplitter
-
-    splitter = RecursiveCharacterTextSplitter(
-        chunk_size=settings.chunk_size,
-        chunk_overlap=settings.chunk_overlap,
-        add_start_index=True,
-        separators=["\n\n", "\n", ". ", " ", ""],
-        keep_separator="end",
-    )
     chunks: list[Document] = []
-    for page_no, text in pages:
-        if not text.strip():
-            continue
-        text = _keep_lists_with_intro(text)
-        headings = _headings(text, markdown=sf.path.suffix.lower() in (".md", ".markdown", ".html", ".htm"))
-        for piece in splitter.create_documents([text]):
-            start = piece.metadata["start_index"]
-            meta = {
-                "source": sf.rel,
-                "source_id": f"{sf.root.as_posix()}::{sf.rel}",
-                "root": sf.root.as_posix(),
-                "file_sha256": sf.sha256,
-                "chunk": len(chunks),
-                "start": start,
-                "heading": _heading_at(headings, start),
-            }
-            if page_no is not None:
-                meta["page"] = page_no
-            chunks.append(Document(page_content=piece.page_content.strip(), metadata=meta))
+    for start, end in chunk_spans(doc, settings.chunk_size, settings.chunk_overlap):
+        path = section_at(doc.headings, start)
+        meta = {
+            "source": sf.rel,
+            "source_id": f"{sf.root.as_posix()}::{sf.rel}",
+            "root": sf.root.as_posix(),
+            "file_sha256": sf.sha256,
+            "ingest_version": INGEST_VERSION,
+            "chunk": len(chunks),
+            "start": start,
+            "heading": path[-1].title if path else "",
+            "section": SECTION_SEP.join(h.title for h in path),
+            # the nearest heading with an id: a section without one links to its parent's
+            "anchor": next((h.anchor for h in reversed(path) if h.anchor), ""),
+        }
+        page = _page_at(doc.pages, start)
+        if page is not None:
+            meta["page"] = page
+        chunks.append(Document(page_content=doc.text[start:end], metadata=meta))
     if not chunks:
         raise SkipFile("no text found (a scanned PDF or an empty document?)")
     return chunks
 
+
+# -- chunking ----------------------------------------------------------------------------------
 
 # A list item line ("- Independent: ...", "2. Focus:"), and the length under which a list's items
 # make one enumeration, read whole (here, and by retrieve.units)
@@ -143,6 +162,12 @@ SHORT_ITEM = 80  # characters
 # chunk boundary falls between a list of short items and the sentence that says what it lists
 _INTRO_THEN_LIST = re.compile(rf":[ \t]*\n(?:[ \t]*\n)+((?:{LIST_ITEM}[^\n]*(?:\n|\Z))+)")
 
+_FENCE = re.compile(r"^[ \t]*(```|~~~)[^\n]*\n.*?^[ \t]*\1[ \t]*$", re.M | re.S)
+_BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
+# Inside a paragraph longer than a chunk: lines, then sentences (a full stop followed by white
+# space, so "core.autocrlf" and "group.sub.name" are never cut), then words.
+_SEPARATORS = [r"\n", r"(?<=[.!?])\s+", r" ", r""]
+
 
 def _keep_lists_with_intro(text: str) -> str:
     def join(m: re.Match) -> str:
@@ -152,24 +177,107 @@ def _keep_lists_with_intro(text: str) -> str:
     return _INTRO_THEN_LIST.sub(join, text)
 
 
+def chunk_spans(doc: Extracted, size: int, overlap: int) -> list[tuple[int, int]]:
+    """(start, end) of each chunk in doc.text. Whole paragraphs are packed into chunks of up to
+    `size` characters; a chunk never runs from one section into the next (or one PDF page into
+    the next), so its heading is the heading of all of its text; a code block shorter than a
+    chunk is never cut. Only a paragraph longer than a chunk is split inside, with `overlap`."""
+    heads = {h.start for h in doc.headings}
+    pages = {offset for offset, _ in doc.pages}
+    spans: list[tuple[int, int]] = []
+    cur: tuple[int, int, bool] | None = None  # start, end, holds more than heading lines
+    for a, b in _blocks(doc.text, sorted(heads | pages)):
+        heading_only = a in heads and "\n" not in doc.text[a:b]
+        if cur and ((a in heads and cur[2]) or a in pages or (b - cur[0] > size and cur[2])):
+            spans.append(cur[:2])
+            cur = None
+        start = cur[0] if cur else a
+        if b - start > size:
+            spans += _split_long(doc.text, start, b, size, overlap)
+            cur = None
+            continue
+        cur = (start, b, (cur[2] if cur else False) or not heading_only)
+    if cur:
+        spans.append(cur[:2])
+    return spans
+
+
+def _blocks(text: str, cuts: list[int]) -> list[tuple[int, int]]:
+    """Paragraph spans without their surrounding white space. A fenced code block is one block
+    whatever blank lines it holds; a block is also cut where a heading or a page starts."""
+    raw: list[tuple[int, int]] = []
+
+    def paragraphs(a: int, b: int) -> None:
+        for m in _BLANK_LINES.finditer(text, a, b):
+            raw.append((a, m.start()))
+            a = m.end()
+        raw.append((a, b))
+
+    pos = 0
+    for m in _FENCE.finditer(text):
+        paragraphs(pos, m.start())
+        raw.append((m.start(), m.end()))
+        pos = m.end()
+    paragraphs(pos, len(text))
+    out: list[tuple[int, int]] = []
+    for a, b in raw:
+        for c in [c for c in cuts if a < c < b] + [b]:
+            piece = text[a:c]
+            lead, trail = len(piece) - len(piece.lstrip()), len(piece) - len(piece.rstrip())
+            if c - trail > a + lead:
+                out.append((a + lead, c - trail))
+            a = c
+    return out
+
+
+def _split_long(text: str, a: int, b: int, size: int, overlap: int) -> list[tuple[int, int]]:
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    splitter = RecursiveCharacterTextSplitter(chunk_size=size, chunk_overlap=overlap, add_start_index=True,
+                                              separators=_SEPARATORS, is_separator_regex=True,
+                                              keep_separator="end")
+    return [(a + p.metadata["start_index"], a + p.metadata["start_index"] + len(p.page_content))
+            for p in splitter.create_documents([text[a:b]]) if p.page_content.strip()]
+
+
+def section_at(headings: list[Heading], offset: int) -> list[Heading]:
+    """The headings enclosing `offset`, outermost first."""
+    path: list[Heading] = []
+    for h in headings:
+        if h.start > offset:
+            break
+        while path and path[-1].level >= h.level:
+            path.pop()
+        path.append(h)
+    return path
+
+
+def _page_at(pages: list[tuple[int, int]], offset: int) -> int | None:
+    found = None
+    for start, number in pages:
+        if start > offset:
+            break
+        found = number
+    return found
+
+
 # -- loaders ---------------------------------------------------------------------------------
 
 
-def _load(path: Path) -> list[tuple[int | None, str]]:
-    """(page number or None, text) pairs for one file."""
+def extract(path: Path) -> Extracted:
+    """The text and headings of one file, by its type."""
     suffix = path.suffix.lower()
     if suffix == ".pdf":
-        from langchain_community.document_loaders import PyPDFLoader
-
-        return [(d.metadata.get("page", 0) + 1, d.page_content) for d in PyPDFLoader(str(path)).load()]
+        return _pdf(path)
     if suffix == ".docx":
-        from langchain_community.document_loaders import Docx2txtLoader
-
-        return [(None, d.page_content) for d in Docx2txtLoader(str(path)).load()]
+        return _docx(path)
     text = _decode(path.read_bytes())
     if suffix in (".html", ".htm"):
-        text = _html_to_text(text)
-    return [(None, text)]
+        return _markdown_headings(_keep_lists_with_intro(html_to_markdown(text)), slugs=False)
+    if suffix in (".md", ".markdown"):
+        return _markdown_headings(_keep_lists_with_intro(text), slugs=True)
+    text = _keep_lists_with_intro(text)
+    return Extracted(text, _text_headings(text))
 
 
 def _decode(data: bytes) -> str:
@@ -186,45 +294,351 @@ def _decode(data: bytes) -> str:
     return text
 
 
-def _html_to_text(html: str) -> str:
-    """Visible text of an HTML page, headings kept as markdown '#' lines for _headings."""
+# -- HTML (and DOCX, through mammoth's HTML) ---------------------------------------------------
+
+# Page furniture: never course text, wherever it sits.
+_JUNK_TAGS = ["script", "style", "noscript", "template", "head", "nav", "aside", "footer", "form", "button",
+              "iframe", "svg", "canvas", "select", "input", "textarea", "dialog"]
+_JUNK_ROLES = {"navigation", "banner", "contentinfo", "complementary", "search", "menu", "menubar", "toolbar"}
+# a class or id that names navigation: "navheader", "toc", "sphinxsidebar", "wy-breadcrumbs", ...
+_JUNK_NAME = re.compile(r"(?:^|[-_])(?:nav|navbar|navheader|navfooter|navigation|toc|toctitle|sidebar|"
+                        r"sphinxsidebar\w*|breadcrumbs?|footer|related|relbar\d?|headerlink|sourcelink|"
+                        r"pagination|pager|skip-?link|menu|searchbox)$", re.I)
+_JUNK_LINK = re.compile(r"(?:show|view)(?: page)? source|edit (?:on \w+|this page)", re.I)
+_CELL, _END_CELL, _HEAD_ROW, _ROW, _END_ROW = "\ue004", "\ue005", "\ue001", "\ue002", "\ue003"
+
+
+def html_to_markdown(html: str) -> str:
+    """The main text of a page as markdown: headings as '#' lines carrying their anchor as
+    '{#id}' (taken off again by _markdown_headings), inline code in backticks inside its
+    sentence, code blocks fenced, a table as one line per row naming each value's column;
+    navigation, tables of contents, sidebars, headers and footers left out."""
     from bs4 import BeautifulSoup
 
-    soup = BeautifulSoup(html, "html.parser")
-    for tag in soup(["script", "style", "noscript", "template", "head"]):
-        tag.decompose()
+    import warnings
+
+    from bs4 import XMLParsedAsHTMLWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)  # XHTML pages parse fine as HTML
+        try:
+            soup = BeautifulSoup(html, "lxml")
+        except Exception:  # bs4.FeatureNotFound: without lxml the slower parser does the same job
+            soup = BeautifulSoup(html, "html.parser")
+    main = soup.find("main") or soup.find(attrs={"role": "main"})
+    if main is None:
+        articles = soup.find_all("article")
+        main = articles[0] if len(articles) == 1 else None
+    main = main or soup.body or soup
+    for tag in main.find_all(_is_junk):
+        if not tag.decomposed:
+            tag.decompose()
+    for table in main.find_all("table"):
+        _unbox(table)
     for level in range(1, 7):
-        for h in soup.find_all(f"h{level}"):
-            h.replace_with(f"\n\n{'#' * level} {h.get_text(' ', strip=True)}\n\n")
-    text = soup.get_text("\n")
-    return re.sub(r"\n{3,}", "\n\n", re.sub(r"[ \t]+\n", "\n", text)).strip()
+        for h in main.find_all(f"h{level}"):
+            h["data-anchor"] = _anchor_of(h)
+    text = _Markdown().convert_soup(main)
+    text = re.sub(r"[ \t]+\n", "\n", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 
-# -- headings --------------------------------------------------------------------------------
+def _is_junk(tag) -> bool:
+    if tag.decomposed or tag.attrs is None:
+        return False
+    if tag.name in _JUNK_TAGS:
+        return True
+    if tag.name == "header":  # a site's banner, not an article's header holding its title
+        return tag.find(re.compile(r"^h[1-6]$")) is None
+    if tag.get("role") in _JUNK_ROLES or tag.has_attr("hidden") or tag.get("aria-hidden") == "true":
+        return True
+    if re.search(r"display:\s*none", tag.get("style", "")):
+        return True
+    names = list(tag.get("class") or []) + [tag.get("id") or ""]
+    if any(_JUNK_NAME.search(n) for n in names if n):
+        return True
+    return tag.name == "a" and bool(_JUNK_LINK.fullmatch(tag.get_text(" ", strip=True)))
 
-_MD_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.M)
+
+def _unbox(table) -> None:
+    """A table of one column is a box ("Note", "Tip") or layout, not data: its cells become
+    plain blocks, so their paragraphs and lists stay paragraphs and lists."""
+    rows = [r for r in table.find_all("tr") if r.find_parent("table") is table]
+    cells = [c for r in rows for c in r.find_all(["td", "th"], recursive=False)]
+    if not rows or any(len([c for c in r.find_all(["td", "th"], recursive=False) if c.get_text(strip=True)]) > 1
+                       for r in rows):
+        return
+    for tag in [table, *rows, *cells, *[t for t in table.find_all(["tbody", "thead", "tfoot", "caption"])
+                                        if t.find_parent("table") is table]]:
+        tag.name = "div"
+
+
+def _anchor_of(h) -> str:
+    """The id a link to this heading uses: its own, an <a id/name> inside it, or the id of the
+    section it opens (the forms DocBook, AsciiDoc, Sphinx and pandoc write)."""
+    if h.get("id"):
+        return h["id"]
+    for a in h.find_all("a"):
+        if a.get("id") or a.get("name"):
+            return a.get("id") or a.get("name")
+    parent = h.parent
+    for _ in range(4):
+        if parent is None or parent.name in ("body", "html", "[document]"):
+            break
+        if parent.find(re.compile(r"^h[1-6]$")) is not h:
+            break
+        if parent.get("id"):
+            return parent["id"]
+        parent = parent.parent
+    return ""
+
+
+def _markdown_converter():
+    from markdownify import MarkdownConverter
+
+    class Markdown(MarkdownConverter):
+        class Options(MarkdownConverter.DefaultOptions):
+            heading_style = "atx"
+            bullets = "-"
+            # no backslashes: "user_name" and "*.txt" reach the chunk as written
+            escape_underscores = False
+            escape_asterisks = False
+            escape_misc = False
+            # a paragraph's line breaks in the HTML source are spaces: one sentence, one line
+            wrap = True
+            wrap_width = None
+
+        def convert_hN(self, n, el, text, parent_tags):
+            title = " ".join(text.split())
+            if not title or "_inline" in parent_tags:
+                return f" {title} "
+            anchor = el.get("data-anchor", "")
+            return f"\n\n{'#' * min(n, 6)} {title}{f' {{#{anchor}}}' if anchor else ''}\n\n"
+
+        def convert_a(self, el, text, parent_tags):
+            return text  # the words, not the URL: a link target is no course text
+
+        def convert_img(self, el, text, parent_tags):
+            return ""
+
+        def convert_hr(self, el, text, parent_tags):
+            return "\n\n"
+
+        def convert_em(self, el, text, parent_tags):
+            return text  # emphasis marks are noise to the embedder and the model
+
+        convert_i = convert_b = convert_strong = convert_em
+        convert_tt = MarkdownConverter.convert_code
+
+        def convert_dt(self, el, text, parent_tags):
+            return f"\n\n{' '.join(text.split())}\n"
+
+        def convert_dd(self, el, text, parent_tags):
+            return f"{text.strip()}\n\n"
+
+        def convert_td(self, el, text, parent_tags):
+            return f"{_CELL}{text.strip()}{_END_CELL}"
+
+        convert_th = convert_td
+
+        def convert_tr(self, el, text, parent_tags):
+            cells = el.find_all(["td", "th"], recursive=False)
+            head = bool(cells) and (all(c.name == "th" for c in cells) or el.parent.name == "thead")
+            return f"{_HEAD_ROW if head else _ROW}{text}{_END_ROW}"
+
+        def convert_table(self, el, text, parent_tags):
+            return f"\n\n{_table_rows(text)}\n\n"
+
+    return Markdown
+
+
+def _table_rows(text: str) -> str:
+    """One line per row, each value named by its column ("Package: git; Size: 9"), so a row
+    read alone (a chunk, a sentence picked from it) still says what its values are."""
+    rows = [(kind, [c.strip() for c in re.findall(f"{_CELL}(.*?){_END_CELL}", row, re.S)])
+            for kind, row in re.findall(f"([{_HEAD_ROW}{_ROW}])(.*?){_END_ROW}", text, re.S)]
+    caption = " ".join(re.sub(f"[{_HEAD_ROW}{_ROW}].*?{_END_ROW}", " ", text, flags=re.S).split())
+    lines = [caption] if caption else []
+    header: list[str] | None = None
+    for kind, cells in rows:
+        cells = [" ".join(c.split()) for c in cells]
+        if kind == _HEAD_ROW and header is None:
+            header = cells
+            continue
+        if header and len(header) == len(cells):
+            line = "; ".join(f"{h}: {c}" if h else c for h, c in zip(header, cells) if c)
+        else:
+            line = " | ".join(c for c in cells if c)
+        if line:
+            lines.append(line)
+    if header and len(lines) == (1 if caption else 0):  # a header and nothing else
+        lines.append(" | ".join(c for c in header if c))
+    return "\n".join(lines)
+
+
+class _Markdown:
+    """The markdownify converter, built on first use (markdownify is imported only then)."""
+
+    _cls = None
+
+    def __new__(cls):
+        if cls._cls is None:
+            cls._cls = _markdown_converter()
+        return cls._cls()
+
+
+def _docx(path: Path) -> Extracted:
+    """Word documents through mammoth's HTML: heading styles become headings, lists and tables
+    stay lists and tables, and the HTML path does the rest."""
+    import mammoth
+
+    style_map = "\n".join(f"p[style-name='{s}'] => pre:separator('\\n')"
+                          for s in ("Source Code", "Code", "HTML Preformatted", "Preformatted Text"))
+    with open(path, "rb") as fh:
+        html = mammoth.convert_to_html(fh, style_map=style_map).value
+    return _markdown_headings(_keep_lists_with_intro(html_to_markdown(html)), slugs=False)
+
+
+# -- PDF ---------------------------------------------------------------------------------------
+
+_LIGATURES = str.maketrans({"ﬁ": "fi", "ﬂ": "fl", "ﬀ": "ff", "ﬃ": "ffi", "ﬄ": "ffl", "ﬅ": "st", "ﬆ": "st"})
+
+
+def _pdf(path: Path) -> Extracted:
+    """pypdf's text, page by page, without the lines repeated on most pages (a printed page's
+    running header and footer: date, file name, "3/11"), headings from the outline."""
+    from pypdf import PdfReader
+
+    reader = PdfReader(str(path))
+    pages = [(page.extract_text() or "").translate(_LIGATURES) for page in reader.pages]
+    pages = _drop_running_lines(pages)
+    marks = _pdf_outline(reader)
+    text, offsets, headings = "", [], []
+    for number, page in enumerate(pages, start=1):
+        base = len(text)
+        offsets.append((base, number))
+        after = 0
+        for level, title in marks.get(number, []):
+            at = _line_starting(page, title, after)
+            if at is None:
+                at = after
+            headings.append(Heading(base + at, level, title))
+            after = at
+        text += page.strip("\n") + "\n\n"
+    headings.sort(key=lambda h: h.start)
+    return Extracted(text, headings, offsets)
+
+
+def _drop_running_lines(pages: list[str]) -> list[str]:
+    if len(pages) < 3:
+        return pages
+
+    def key(line: str) -> str:
+        return re.sub(r"\d+", "#", line.strip())
+
+    seen: dict[str, int] = {}
+    for page in pages:
+        for k in {key(line) for line in page.splitlines() if line.strip()}:
+            seen[k] = seen.get(k, 0) + 1
+    running = {k for k, n in seen.items() if n > len(pages) // 2}
+    return ["\n".join(line for line in page.splitlines() if key(line) not in running) for page in pages]
+
+
+def _pdf_outline(reader) -> dict[int, list[tuple[int, str]]]:
+    """page number -> [(level, title)] from the PDF's bookmarks, in order."""
+    marks: dict[int, list[tuple[int, str]]] = {}
+
+    def walk(items, level: int) -> None:
+        for item in items:
+            if isinstance(item, list):
+                walk(item, level + 1)
+                continue
+            with contextlib.suppress(Exception):  # a bookmark pointing nowhere is left out
+                title = " ".join(str(item.title).split())
+                if title:
+                    marks.setdefault(reader.get_destination_page_number(item) + 1, []).append((level, title))
+
+    with contextlib.suppress(Exception):
+        walk(reader.outline, 1)
+    return marks
+
+
+def _line_starting(page: str, title: str, after: int) -> int | None:
+    words = title.split()
+    if not words:
+        return None
+    m = re.compile(r"(?m)^[ \t]*(" + r"\s+".join(map(re.escape, words)) + ")").search(page, after)
+    return m.start(1) if m else None
+
+
+# -- headings ----------------------------------------------------------------------------------
+
+_ATX = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$")
+_ANCHOR_MARK = re.compile(r"[ \t]*\{#([^}\s]*)\}$")
+_OPEN_FENCE = re.compile(r"[ \t]*(```|~~~)")
+
+
+def _markdown_headings(text: str, slugs: bool) -> Extracted:
+    """'#' lines outside code blocks are headings; a '{#id}' after one is its anchor and is
+    taken out of the text. Without one, `slugs` names it as GitHub and pandoc do."""
+    out, headings, pos, fence = [], [], 0, None
+    for line in text.splitlines(keepends=True):
+        opened = _OPEN_FENCE.match(line)
+        if fence:
+            if opened and opened.group(1) == fence:
+                fence = None
+        elif opened:
+            fence = opened.group(1)
+        elif m := _ATX.match(line.rstrip("\n")):
+            title, anchor = m.group(2), ""
+            if mark := _ANCHOR_MARK.search(title):
+                title, anchor = title[:mark.start()].rstrip(), mark.group(1)
+            elif slugs:
+                anchor = _slug(title)
+            line = f"{m.group(1)} {title}" + ("\n" if line.endswith("\n") else "")
+            headings.append(Heading(pos, len(m.group(1)), title, anchor))
+        out.append(line)
+        pos += len(line)
+    # a page's first heading, opening it, above others of its level ("# Git User Manual",
+    # then "# Chapter 1"), is the document's title: the root of every section path
+    top = min((h.level for h in headings), default=0)
+    if headings and headings[0].start == 0 and headings[0].level == top and \
+            any(h.level == top for h in headings[1:]):
+        headings[0] = Heading(0, 0, headings[0].title, headings[0].anchor)
+    return Extracted("".join(out), headings)
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"\s+", "-", re.sub(r"[^\w\s-]", "", title.lower()).strip())
+
+
+# A short capitalised line standing alone between blank lines ("Product Owner 101", "Roles")
 _TXT_HEADING = re.compile(r"(?:\A|\n[ \t]*\n)[ \t]*([A-Z][^\n.:;!?•*]{1,60}?)[ \t]*\n[ \t]*\n")
+# A numbered line with a short title and nothing after it: "4. Target Audience:", "1.2 Branching"
+_NUMBERED = re.compile(r"^[ \t]*((\d{1,2}(?:\.\d{1,2})*)[.)]?[ \t]+[A-Z][^\n:.!?]{0,60}?)[ \t]*:?[ \t]*$", re.M)
 
 
-def _headings(text: str, markdown: bool) -> list[tuple[int, str]]:
-    """(offset, heading) pairs. Plain text: a short capitalised line standing alone."""
-    if markdown:
-        return [(m.start(), m.group(1)) for m in _MD_HEADING.finditer(text)]
-    found = []
+def _text_headings(text: str) -> list[Heading]:
+    """Plain text: numbered title lines, at the depth of their number ("1.2" below "1."), and
+    short capitalised lines standing alone; such a line opening the file is its title."""
+    found: dict[int, Heading] = {}
     for m in _TXT_HEADING.finditer(text):
         line = m.group(1).strip()
         if len(line.split()) <= 8 and not re.search(r"\d{4}$", line):  # not a dateline
-            found.append((m.start(1), line))
-    return found
-
-
-def _heading_at(headings: list[tuple[int, str]], offset: int) -> str:
-    current = ""
-    for start, title in headings:
-        if start > offset:
-            break
-        current = title
-    return current
+            level = 0 if not text[:m.start(1)].strip() else 1
+            found[m.start(1)] = Heading(m.start(1), level, line)
+    numbered = list(_NUMBERED.finditer(text))
+    for i, m in enumerate(numbered):
+        title = m.group(1).strip()
+        if len(title.split()) > 8 or re.search(r"\d{4}$", title):
+            continue
+        # "1. Plan" right above or below "2. Build": a list of short items, not headings
+        if any(text[x.end():y.start()].strip() == "" for x, y in
+               ((numbered[i - 1], m) if i else (None, None), (m, numbered[i + 1]) if i + 1 < len(numbered) else (None, None))
+               if x is not None):
+            continue
+        found[m.start(1)] = Heading(m.start(1), m.group(2).count(".") + 1, title)
+    return [found[k] for k in sorted(found)]
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -1,0 +1,168 @@
+"""What indexing keeps of real pages: each HTML extractor against a reference main text.
+
+    PYTHONPATH=src python benchmarks/ingest_check.py PAGE.html [PAGE.pdf PAGE.docx ...]
+
+For every HTML page it runs the extractors we measured (scrumbot's ingest before this change,
+taken from git; trafilatura; readability-lxml; html2text; scrumbot's ingest now), chunks their
+text the same way, and prints per extractor:
+
+  kept     share of the reference text's words found in the chunks (as a multiset)
+  extra    words in the chunks beyond the reference text's count of them (junk, and the
+           column names a table row repeats)
+  junk     words in the chunks that the reference text never says (navigation, URLs)
+  nav      navigation strings ("Table of Contents", "Prev", "Next", "Home", "Up") in the
+           chunks beyond how often the reference text itself says them
+  code     <code>/<tt>/<kbd>/<samp> spans of the page found verbatim in one chunk
+  para     paragraphs holding inline code (<= 300 chars) found whole, as one sentence run,
+           in one chunk (backticks ignored)
+  chunks   number of chunks (chunk_size from Settings, default 600)
+
+The reference text is the page's <body> without the parts that are navigation in the pages
+we checked by hand: DocBook's navheader/navfooter/toc, AsciiDoc's #toc/#footer, <nav>, the
+usual sidebars. A PDF or DOCX made from a page is measured against that page's reference
+(PAGE.html next to it with the same stem): only 'before' and 'now' run on those, and 'heads'
+counts the headings found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import re
+import subprocess
+import sys
+import tempfile
+import types
+from collections import Counter
+from pathlib import Path
+
+from scrumbot.config import Settings
+from scrumbot.ingest import SourceFile, _markdown_headings, chunk_spans, html_to_markdown
+
+NAV = re.compile(r"\b(?:Table of Contents|Prev|Next|Home|Up)\b")
+REFERENCE_DROP = ("script, style, head, nav, .navheader, .navfooter, .toc, #toc, #footer, "
+                  ".sphinxsidebar, .related, [role=navigation]")
+WORD = re.compile(r"[\w.'’-]*\w")
+
+
+BLOCKS = ["p", "div", "li", "td", "th", "tr", "dt", "dd", "pre", "br", "table", "ul", "ol", "dl",
+          "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "section", "article", "title"]
+
+
+def reference(html: str):
+    """The page's main text as a browser shows it: words inside a line stay joined
+    ("<code>a</code>_b" is "a_b"), blocks are apart."""
+    import warnings
+
+    from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
+
+    warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
+    soup = BeautifulSoup(html, "lxml")
+    for tag in soup.select(REFERENCE_DROP):
+        tag.decompose()
+    body = soup.body or soup
+    for tag in body.find_all(BLOCKS):
+        tag.insert_after(" ")
+        tag.insert_before(" ")
+    codes = {" ".join(c.get_text().split()) for c in body.find_all(["code", "tt", "kbd", "samp"])
+             if c.find_parent("pre") is None}
+    codes = {c for c in codes if 2 <= len(c) <= 80}
+    paras = [" ".join(p.get_text().split()) for p in body.find_all("p") if p.find(["code", "tt"])]
+    paras = [p for p in paras if len(p) <= 300]
+    return body.get_text(), codes, paras
+
+
+def old_ingest(ref: str):
+    """scrumbot.ingest as it was at git `ref`, loaded beside today's (same config module)."""
+    source = subprocess.run(["git", "show", f"{ref}:src/scrumbot/ingest.py"], capture_output=True, text=True,
+                            check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    pkg = types.ModuleType("scrumbot_before")
+    pkg.__path__ = []
+    sys.modules["scrumbot_before"] = pkg
+    sys.modules["scrumbot_before.config"] = sys.modules["scrumbot.config"]
+    path = Path(tempfile.mkdtemp()) / "ingest.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("scrumbot_before.ingest", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["scrumbot_before.ingest"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def chunks_from_markdown(text: str, settings: Settings) -> list[str]:
+    doc = _markdown_headings(text, slugs=False)
+    return [doc.text[a:b] for a, b in chunk_spans(doc, settings.chunk_size, settings.chunk_overlap)]
+
+
+def html_extractors(settings: Settings) -> dict:
+    def trafilatura_md(html: str) -> list[str]:
+        import trafilatura
+
+        text = trafilatura.extract(html, output_format="markdown", include_tables=True, include_formatting=True,
+                                   include_links=False, include_images=False, favor_recall=True) or ""
+        return chunks_from_markdown(text, settings)
+
+    def readability_md(html: str) -> list[str]:
+        from readability import Document
+
+        return chunks_from_markdown(html_to_markdown(Document(html).summary()), settings)
+
+    def html2text_md(html: str) -> list[str]:
+        import html2text
+
+        h = html2text.HTML2Text()
+        h.body_width, h.ignore_links, h.ignore_images = 0, True, True
+        return chunks_from_markdown(h.handle(html), settings)
+
+    return {"trafilatura": trafilatura_md, "readability": readability_md, "html2text": html2text_md}
+
+
+def file_chunks(module, path: Path, settings: Settings) -> tuple[list[str], int]:
+    sf = SourceFile(path.resolve(), path.resolve().parent, path.name, "-")
+    chunks = module.load_chunks(sf, settings)
+    heads = {c.metadata.get("heading") for c in chunks} - {""}
+    return [c.page_content for c in chunks], len(heads)
+
+
+def measure(chunks: list[str], ref_text: str, codes: set[str], paras: list[str]) -> dict:
+    ref_words = Counter(WORD.findall(ref_text))
+    out_words = Counter(WORD.findall(" ".join(chunks)))
+    kept = sum(min(n, out_words[w]) for w, n in ref_words.items()) / max(1, sum(ref_words.values()))
+    extra = sum(max(0, n - ref_words[w]) for w, n in out_words.items())
+    junk = sum(n for w, n in out_words.items() if w not in ref_words)
+    nav = max(0, len(NAV.findall(" ".join(chunks))) - len(NAV.findall(ref_text)))
+    flat = [" ".join(c.split()) for c in chunks]
+    plain = [f.replace("`", "") for f in flat]
+    code = sum(any(c in f for f in flat) for c in codes)
+    para = sum(any(p in f for f in plain) for p in paras)
+    return {"kept": f"{kept:.1%}", "extra": extra, "junk": junk, "nav": nav, "code": f"{code}/{len(codes)}",
+            "para": f"{para}/{len(paras)}", "chunks": len(chunks)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("--before", default="main", help="git ref of the ingest to compare with (default main)")
+    args = parser.parse_args()
+    settings = Settings()
+    before = old_ingest(args.before)
+    now = sys.modules["scrumbot.ingest"]
+    columns = ["kept", "extra", "junk", "nav", "code", "para", "chunks", "heads"]
+    print(f"{'file':28} {'extractor':12} " + " ".join(f"{c:>9}" for c in columns))
+    for path in args.files:
+        html_path = path if path.suffix.lower() in (".html", ".htm") else path.with_suffix(".html")
+        ref_text, codes, paras = reference(html_path.read_text(encoding="utf-8", errors="replace"))
+        runs: dict[str, tuple[list[str], int | str]] = {}
+        runs["before"] = file_chunks(before, path, settings)
+        if path.suffix.lower() in (".html", ".htm"):
+            html = path.read_text(encoding="utf-8", errors="replace")
+            for name, fn in html_extractors(settings).items():
+                runs[name] = (fn(html), "")
+        runs["now"] = file_chunks(now, path, settings)
+        for name, (chunks, heads) in runs.items():
+            row = measure(chunks, ref_text, codes, paras) | {"heads": heads}
+            print(f"{path.name[:28]:28} {name:12} " + " ".join(f"{str(row[c]):>9}" for c in columns))
+
+
+if __name__ == "__main__":
+    main()
