@@ -119,7 +119,7 @@ class Extracted:
 def load_chunks(sf: SourceFile, settings: Settings) -> list[Document]:
     """Read `sf` and split it into chunks with metadata; raises SkipFile with the reason."""
     try:
-        doc = extract(sf.path)
+        doc = _load(sf.path)
     except SkipFile:
         raise
     except OSError as err:
@@ -264,7 +264,7 @@ def _page_at(pages: list[tuple[int, int]], offset: int) -> int | None:
 # -- loaders ---------------------------------------------------------------------------------
 
 
-def extract(path: Path) -> Extracted:
+def _load(path: Path) -> Extracted:
     """The text and headings of one file, by its type."""
     suffix = path.suffix.lower()
     if suffix == ".pdf":
