@@ -1,10 +1,13 @@
-"""Files -> LangChain Documents -> chunks with stable metadata.
+"""Files -> chunks of course text with the metadata citations need.
 
-`discover` finds the indexable files under a path (and says why it passes over the rest),
-`load_chunks` reads one file with the loader for its type and splits it with LangChain's
-RecursiveCharacterTextSplitter. Every chunk carries where it came from: the path relative to
-the folder it was indexed from, the character offset (and page for PDFs) and the heading it
-sits under, when the document has headings."""
+`discover` finds the indexable files under a path (and says why it passes over the rest).
+`load_chunks` reads one file with the loader for its type into text and headings: HTML through
+markdownify over the page's main element, without its navigation (DOCX goes there too, through
+mammoth's HTML), PDF through pypdf with its outline's headings and without running headers,
+Markdown and plain text as written. Whole paragraphs are then packed into chunks that never
+cross a heading or a PDF page. Every chunk carries where it came from: the path relative to the
+folder it was indexed from, the character offset, the page for PDFs, the nearest heading, the
+section path ("Git User Manual › Branching › Creating branches") and the HTML anchor to link to."""
 
 from __future__ import annotations
 
@@ -127,8 +130,8 @@ def load_chunks(sf: SourceFile, settings: Settings) -> list[Document]:
     except Exception as err:  # a parser's own error on a malformed file
         raise SkipFile(f"cannot parse {sf.path.suffix} file: {type(err).__name__}: {err}") from None
     chunks: list[Document] = []
-    for start, end in chunk_spans(doc, settings.chunk_size, settings.chunk_overlap):
-        path = section_at(doc.headings, start)
+    for start, end, label in chunk_spans(doc, settings.chunk_size, settings.chunk_overlap):
+        path = section_at(doc.headings, label)
         meta = {
             "source": sf.rel,
             "source_id": f"{sf.root.as_posix()}::{sf.rel}",
@@ -177,28 +180,30 @@ def _keep_lists_with_intro(text: str) -> str:
     return _INTRO_THEN_LIST.sub(join, text)
 
 
-def chunk_spans(doc: Extracted, size: int, overlap: int) -> list[tuple[int, int]]:
-    """(start, end) of each chunk in doc.text. Whole paragraphs are packed into chunks of up to
-    `size` characters; a chunk never runs from one section into the next (or one PDF page into
-    the next), so its heading is the heading of all of its text; a code block shorter than a
-    chunk is never cut. Only a paragraph longer than a chunk is split inside, with `overlap`."""
+def chunk_spans(doc: Extracted, size: int, overlap: int) -> list[tuple[int, int, int]]:
+    """(start, end, label) of each chunk in doc.text, `label` being where its text below any
+    heading lines begins (the place its section is read at). Whole paragraphs are packed into
+    chunks of up to `size` characters; a chunk never runs from one section into the next (or
+    one PDF page into the next), so its heading is the heading of all of its text; a code block
+    shorter than a chunk is never cut. Only a paragraph longer than a chunk is split inside."""
     heads = {h.start for h in doc.headings}
     pages = {offset for offset, _ in doc.pages}
-    spans: list[tuple[int, int]] = []
-    cur: tuple[int, int, bool] | None = None  # start, end, holds more than heading lines
+    spans: list[tuple[int, int, int]] = []
+    cur: tuple[int, int, int | None] | None = None  # start, end, label (None: heading lines only)
     for a, b in _blocks(doc.text, sorted(heads | pages)):
-        heading_only = a in heads and "\n" not in doc.text[a:b]
-        if cur and ((a in heads and cur[2]) or a in pages or (b - cur[0] > size and cur[2])):
-            spans.append(cur[:2])
+        if cur and (a in pages or (cur[2] is not None and (a in heads or b - cur[0] > size))):
+            spans.append((cur[0], cur[1], cur[0] if cur[2] is None else cur[2]))
             cur = None
         start = cur[0] if cur else a
         if b - start > size:
-            spans += _split_long(doc.text, start, b, size, overlap)
+            spans += [(s, e, a if s <= a < e else s) for s, e in _split_long(doc.text, start, b, size, overlap)]
             cur = None
-            continue
-        cur = (start, b, (cur[2] if cur else False) or not heading_only)
+        elif a in heads and "\n" not in doc.text[a:b]:  # a heading line: it goes with what follows
+            cur = (start, b, None)
+        else:
+            cur = (start, b, a if cur is None or cur[2] is None else cur[2])
     if cur:
-        spans.append(cur[:2])
+        spans.append((cur[0], cur[1], cur[0] if cur[2] is None else cur[2]))
     return spans
 
 
@@ -618,6 +623,18 @@ _TXT_HEADING = re.compile(r"(?:\A|\n[ \t]*\n)[ \t]*([A-Z][^\n.:;!?•*]{1,60}?)[
 _NUMBERED = re.compile(r"^[ \t]*((\d{1,2}(?:\.\d{1,2})*)[.)]?[ \t]+[A-Z][^\n:.!?]{0,60}?)[ \t]*:?[ \t]*$", re.M)
 
 
+def _listed(text: str, first: re.Match, second: re.Match) -> bool:
+    """Are two numbered lines items of one list: on consecutive lines, or apart by blank lines
+    only and numbered one after the other ("3." then "4.")?"""
+    between = text[first.end():second.start()]
+    if between.strip():
+        return False
+    if between.count("\n") <= 1:
+        return True
+    a, b = first.group(2).split("."), second.group(2).split(".")
+    return len(a) == len(b) and a[:-1] == b[:-1] and int(b[-1]) == int(a[-1]) + 1
+
+
 def _text_headings(text: str) -> list[Heading]:
     """Plain text: numbered title lines, at the depth of their number ("1.2" below "1."), and
     short capitalised lines standing alone; such a line opening the file is its title."""
@@ -633,9 +650,7 @@ def _text_headings(text: str) -> list[Heading]:
         if len(title.split()) > 8 or re.search(r"\d{4}$", title):
             continue
         # "1. Plan" right above or below "2. Build": a list of short items, not headings
-        if any(text[x.end():y.start()].strip() == "" for x, y in
-               ((numbered[i - 1], m) if i else (None, None), (m, numbered[i + 1]) if i + 1 < len(numbered) else (None, None))
-               if x is not None):
+        if (i and _listed(text, numbered[i - 1], m)) or (i + 1 < len(numbered) and _listed(text, m, numbered[i + 1])):
             continue
         found[m.start(1)] = Heading(m.start(1), m.group(2).count(".") + 1, title)
     return [found[k] for k in sorted(found)]
