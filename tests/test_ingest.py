@@ -289,29 +289,35 @@ def test_markdown_code_block_with_blank_lines_is_one_block(tmp_path: Path):
     assert {c.metadata["heading"] for c in chunks} == {"Shell"}
 
 
-def test_pdf_keeps_pages_outline_headings_and_drops_running_headers(tmp_path: Path):
+def printed_pdf(path: Path, outline: bool) -> None:
+    """Three pages as a browser prints a page: a running header on each, a large heading, text;
+    with bookmarks (`outline`) or without (headings known only by their font size)."""
     from fpdf import FPDF
 
     class Printed(FPDF):
-        def header(self):  # what a browser's print adds to every page
+        def header(self):
             self.set_font("Helvetica", size=8)
             self.cell(0, 5, f"12/1/26, 3:18 PM   course.html   {self.page_no()}/3")
             self.ln(10)
 
     pdf = Printed()
-    pdf.set_font("Helvetica", size=12)
     for n, (title, text) in enumerate([("Planning", "Sprint planning starts the sprint."),
                                        ("Review", "The review inspects the increment."),
                                        ("Retrospective", "The retrospective ends the sprint.")], start=1):
         pdf.add_page()
-        pdf.start_section(title)
+        if outline:
+            pdf.start_section(title)
         pdf.set_font("Helvetica", size=18)
         pdf.cell(0, 10, title)
         pdf.ln(12)
         pdf.set_font("Helvetica", size=12)
-        pdf.multi_cell(0, 8, f"{text} The value of git's core.autocrlf matters on page {n}.")
-    pdf.output(str(tmp_path / "course.pdf"))
+        pdf.multi_cell(0, 8, f"{text} The value of git's core.autocrlf matters on page {n}. " * 2)
+    pdf.output(str(path))
 
+
+@pytest.mark.parametrize("outline", [True, False])
+def test_pdf_keeps_pages_and_headings_and_drops_running_headers(tmp_path: Path, outline: bool):
+    printed_pdf(tmp_path / "course.pdf", outline)
     _, chunks = chunks_of(tmp_path, "course.pdf")
     got = [(c.metadata["page"], c.metadata["heading"]) for c in chunks]
     assert got == [(1, "Planning"), (2, "Review"), (3, "Retrospective")]

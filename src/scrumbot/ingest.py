@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import re
 import stat
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -511,20 +513,31 @@ _LIGATURES = str.maketrans({"ﬁ": "fi", "ﬂ": "fl", "ﬀ": "ff", "ﬃ": "ffi",
 
 def _pdf(path: Path) -> Extracted:
     """pypdf's text, page by page, without the lines repeated on most pages (a printed page's
-    running header and footer: date, file name, "3/11"), headings from the outline."""
+    running header and footer: date, file name, "3/11"); headings from the outline, or else
+    from the lines set in a larger font than the body text."""
     from pypdf import PdfReader
 
     reader = PdfReader(str(path))
-    pages = [(page.extract_text() or "").translate(_LIGATURES) for page in reader.pages]
+    pages, runs = [], []
+    for page in reader.pages:
+        found: list[tuple[float, str, int]] = []  # (font size, text, characters of the page before it)
+
+        def visit(text, cm, tm, font, size, found=found):
+            if text.strip():
+                at = found[-1][2] + len(found[-1][1]) if found else 0
+                found.append((round(size * math.hypot(tm[1], tm[3]) * (math.hypot(cm[1], cm[3]) or 1), 1), text, at))
+
+        pages.append((page.extract_text(visitor_text=visit) or "").translate(_LIGATURES))
+        runs.append(found)
     pages = _drop_running_lines(pages)
-    marks = _pdf_outline(reader)
+    marks = _pdf_outline(reader) or _pdf_large_lines(runs)
     text, offsets, headings = "", [], []
     for number, page in enumerate(pages, start=1):
         base = len(text)
         offsets.append((base, number))
         after = 0
-        for level, title in marks.get(number, []):
-            at = _line_starting(page, title, after)
+        for level, title, near in marks.get(number, []):
+            at = _line_starting(page, title, after, near)
             if at is None:
                 at = after
             headings.append(Heading(base + at, level, title))
@@ -532,6 +545,33 @@ def _pdf(path: Path) -> Extracted:
         text += page.strip("\n") + "\n\n"
     headings.sort(key=lambda h: h.start)
     return Extracted(text, headings, offsets)
+
+
+def _pdf_large_lines(runs: list[list[tuple[float, str, int]]]) -> dict[int, list[tuple[int, str, int]]]:
+    """page number -> [(level, title, about where on the page)]: short runs of text set at
+    least 15 % larger than the body text (the size most characters have); the largest is level 1."""
+    weight: Counter[float] = Counter()
+    for page in runs:
+        for size, text, _ in page:
+            weight[size] += len(text.strip())
+    if not weight:
+        return {}
+    body = weight.most_common(1)[0][0]
+    found: dict[int, list[tuple[float, str, int]]] = {}
+    for number, page in enumerate(runs, start=1):
+        title: list[str] = []
+        title_size, title_at = 0.0, 0
+        for size, text, at in [*page, (0.0, "", 0)]:  # the sentinel closes the last title
+            if size == title_size and size:
+                title.append(text)
+                continue
+            words = " ".join(" ".join(title).split())
+            if words and len(words) <= 100 and any(c.isalpha() for c in words):
+                found.setdefault(number, []).append((title_size, words, title_at))
+            title, title_size, title_at = ([text], size, at) if size >= body * 1.15 else ([], 0.0, 0)
+    sizes = sorted({size for page in found.values() for size, _, _ in page}, reverse=True)[:4]
+    return {number: [(sizes.index(size) + 1, words, at) for size, words, at in page if size in sizes]
+            for number, page in found.items()}
 
 
 def _drop_running_lines(pages: list[str]) -> list[str]:
@@ -549,9 +589,9 @@ def _drop_running_lines(pages: list[str]) -> list[str]:
     return ["\n".join(line for line in page.splitlines() if key(line) not in running) for page in pages]
 
 
-def _pdf_outline(reader) -> dict[int, list[tuple[int, str]]]:
-    """page number -> [(level, title)] from the PDF's bookmarks, in order."""
-    marks: dict[int, list[tuple[int, str]]] = {}
+def _pdf_outline(reader) -> dict[int, list[tuple[int, str, int | None]]]:
+    """page number -> [(level, title, None)] from the PDF's bookmarks, in order."""
+    marks: dict[int, list[tuple[int, str, int | None]]] = {}
 
     def walk(items, level: int) -> None:
         for item in items:
@@ -561,19 +601,24 @@ def _pdf_outline(reader) -> dict[int, list[tuple[int, str]]]:
             with contextlib.suppress(Exception):  # a bookmark pointing nowhere is left out
                 title = " ".join(str(item.title).split())
                 if title:
-                    marks.setdefault(reader.get_destination_page_number(item) + 1, []).append((level, title))
+                    marks.setdefault(reader.get_destination_page_number(item) + 1, []).append((level, title, None))
 
     with contextlib.suppress(Exception):
         walk(reader.outline, 1)
     return marks
 
 
-def _line_starting(page: str, title: str, after: int) -> int | None:
+def _line_starting(page: str, title: str, after: int, near: int | None) -> int | None:
+    """Where the line holding `title` starts, at or after `after`: the first such line, or
+    the one nearest `near` (a table of contents repeats the titles above their sections)."""
     words = title.split()
     if not words:
         return None
-    m = re.compile(r"(?m)^[ \t]*(" + r"\s+".join(map(re.escape, words)) + ")").search(page, after)
-    return m.start(1) if m else None
+    pattern = re.compile(r"(?m)^[ \t]*(" + r"\s+".join(map(re.escape, words)) + ")")
+    starts = [m.start(1) for m in pattern.finditer(page, after)]
+    if not starts:
+        return None
+    return starts[0] if near is None else min(starts, key=lambda at: abs(at - near))
 
 
 # -- headings ----------------------------------------------------------------------------------
