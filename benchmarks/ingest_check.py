@@ -129,16 +129,32 @@ def file_chunks(module, path: Path, settings: Settings) -> tuple[list[str], int]
 def measure(chunks: list[str], ref_text: str, codes: set[str], paras: list[str]) -> dict:
     ref_words = Counter(WORD.findall(ref_text))
     out_words = Counter(WORD.findall(" ".join(chunks)))
-    kept = sum(min(n, out_words[w]) for w, n in ref_words.items()) / max(1, sum(ref_words.values()))
-    extra = sum(max(0, n - ref_words[w]) for w, n in out_words.items())
-    junk = sum(n for w, n in out_words.items() if w not in ref_words)
-    nav = max(0, len(NAV.findall(" ".join(chunks))) - len(NAV.findall(ref_text)))
     flat = [" ".join(c.split()) for c in chunks]
     plain = [f.replace("`", "") for f in flat]
-    code = sum(any(c in f for f in flat) for c in codes)
-    para = sum(any(p in f for f in plain) for p in paras)
-    return {"kept": f"{kept:.1%}", "extra": extra, "junk": junk, "nav": nav, "code": f"{code}/{len(codes)}",
-            "para": f"{para}/{len(paras)}", "chunks": len(chunks)}
+    return {
+        "kept": (sum(min(n, out_words[w]) for w, n in ref_words.items()), sum(ref_words.values()), "%"),
+        "extra": sum(max(0, n - ref_words[w]) for w, n in out_words.items()),
+        "junk": sum(n for w, n in out_words.items() if w not in ref_words),
+        "nav": max(0, len(NAV.findall(" ".join(chunks))) - len(NAV.findall(ref_text))),
+        "code": (sum(any(c in f for f in flat) for c in codes), len(codes)),
+        "para": (sum(any(p in f for f in plain) for p in paras), len(paras)),
+        "chunks": len(chunks),
+    }
+
+
+def cell(value) -> str:
+    if isinstance(value, tuple):  # words kept as a share, spans and paragraphs as counts
+        return f"{value[0] / max(1, value[1]):.1%}" if len(value) == 3 else f"{value[0]}/{value[1]}"
+    return str(value)
+
+
+def add(total: dict, row: dict) -> None:
+    for key, value in row.items():
+        if isinstance(value, tuple):
+            summed = tuple(a + b for a, b in zip(total.get(key, (0, 0)), value[:2]))
+            total[key] = summed + value[2:]
+        elif isinstance(value, int):
+            total[key] = total.get(key, 0) + value
 
 
 def main() -> None:
@@ -151,12 +167,14 @@ def main() -> None:
     now = sys.modules["scrumbot.ingest"]
     columns = ["kept", "extra", "junk", "nav", "code", "para", "chunks", "heads"]
     print(f"{'file':28} {'extractor':12} " + " ".join(f"{c:>9}" for c in columns))
+    totals: dict[str, dict] = {}
     for path in args.files:
         html_path = path if path.suffix.lower() in (".html", ".htm") else path.with_suffix(".html")
         ref_text, codes, paras = reference(html_path.read_text(encoding="utf-8", errors="replace"))
         runs: dict[str, tuple[list[str], int | str]] = {}
         runs["before"] = file_chunks(before, path, settings)
-        if path.suffix.lower() in (".html", ".htm"):
+        is_html = path.suffix.lower() in (".html", ".htm")
+        if is_html:
             html = path.read_text(encoding="utf-8", errors="replace")
             for name, fn in html_extractors(settings).items():
                 try:
@@ -166,7 +184,12 @@ def main() -> None:
         runs["now"] = file_chunks(now, path, settings)
         for name, (chunks, heads) in runs.items():
             row = measure(chunks, ref_text, codes, paras) | {"heads": heads}
-            print(f"{path.name[:28]:28} {name:12} " + " ".join(f"{str(row[c]):>9}" for c in columns))
+            if is_html:
+                add(totals.setdefault(name, {}), row)
+            print(f"{path.name[:28]:28} {name:12} " + " ".join(f"{cell(row[c]):>9}" for c in columns))
+    if len([p for p in args.files if p.suffix.lower() in (".html", ".htm")]) > 1:
+        for name, row in totals.items():
+            print(f"{'all HTML pages':28} {name:12} " + " ".join(f"{cell(row.get(c, '')):>9}" for c in columns))
 
 
 if __name__ == "__main__":

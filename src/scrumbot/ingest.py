@@ -499,11 +499,19 @@ def _docx(path: Path) -> Extracted:
     stay lists and tables, and the HTML path does the rest."""
     import mammoth
 
-    style_map = "\n".join(f"p[style-name='{s}'] => pre:separator('\\n')"
-                          for s in ("Source Code", "Code", "HTML Preformatted", "Preformatted Text"))
+    style_map = "\n".join([f"p[style-name='{s}'] => pre:separator('\\n')" for s in _DOCX_CODE_BLOCKS]
+                          + [f"r[style-name='{s}'] => code" for s in _DOCX_CODE_SPANS])
     with open(path, "rb") as fh:
         html = mammoth.convert_to_html(fh, style_map=style_map).value
-    return _markdown_headings(_keep_lists_with_intro(html_to_markdown(html)), slugs=False)
+    doc = _markdown_headings(_keep_lists_with_intro(html_to_markdown(html)), slugs=False)
+    # Word's bookmark names ("_Toc123", pandoc's hashes) are no place a link can open the file at
+    doc.headings = [Heading(h.start, h.level, h.title) for h in doc.headings]
+    return doc
+
+
+# the paragraph and character styles Word, LibreOffice and pandoc give code
+_DOCX_CODE_BLOCKS = ("Source Code", "Code", "HTML Preformatted", "Preformatted Text")
+_DOCX_CODE_SPANS = ("Verbatim Char", "HTML Code", "Code Char", "Source Text")
 
 
 # -- PDF ---------------------------------------------------------------------------------------
