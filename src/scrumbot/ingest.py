@@ -11,6 +11,7 @@ section path ("Git User Manual › Branching › Creating branches") and the HTM
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import math
@@ -20,6 +21,7 @@ import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from langchain_core.documents import Document
 
@@ -132,8 +134,9 @@ def load_chunks(sf: SourceFile, settings: Settings) -> list[Document]:
     except Exception as err:  # a parser's own error on a malformed file
         raise SkipFile(f"cannot parse {sf.path.suffix} file: {type(err).__name__}: {err}") from None
     chunks: list[Document] = []
+    section_at, page_at = section_paths(doc.headings), _pages(doc.pages)
     for start, end, label in chunk_spans(doc, settings.chunk_size, settings.chunk_overlap):
-        path = section_at(doc.headings, label)
+        path = section_at(label)
         meta = {
             "source": sf.rel,
             "source_id": f"{sf.root.as_posix()}::{sf.rel}",
@@ -147,7 +150,7 @@ def load_chunks(sf: SourceFile, settings: Settings) -> list[Document]:
             # the nearest heading with an id: a section without one links to its parent's
             "anchor": next((h.anchor for h in reversed(path) if h.anchor), ""),
         }
-        page = _page_at(doc.pages, start)
+        page = page_at(start)
         if page is not None:
             meta["page"] = page
         chunks.append(Document(page_content=doc.text[start:end], metadata=meta))
@@ -228,7 +231,7 @@ def _blocks(text: str, cuts: list[int]) -> list[tuple[int, int]]:
     paragraphs(pos, len(text))
     out: list[tuple[int, int]] = []
     for a, b in raw:
-        for c in [c for c in cuts if a < c < b] + [b]:
+        for c in cuts[bisect.bisect_right(cuts, a):bisect.bisect_left(cuts, b)] + [b]:
             piece = text[a:c]
             lead, trail = len(piece) - len(piece.lstrip()), len(piece) - len(piece.rstrip())
             if c - trail > a + lead:
@@ -247,25 +250,22 @@ def _split_long(text: str, a: int, b: int, size: int, overlap: int) -> list[tupl
             for p in splitter.create_documents([text[a:b]]) if p.page_content.strip()]
 
 
-def section_at(headings: list[Heading], offset: int) -> list[Heading]:
-    """The headings enclosing `offset`, outermost first."""
-    path: list[Heading] = []
+def section_paths(headings: list[Heading]) -> Callable[[int], tuple[Heading, ...]]:
+    """offset -> the headings enclosing it, outermost first (computed once per heading)."""
+    starts, paths, path = [], [], []
     for h in headings:
-        if h.start > offset:
-            break
         while path and path[-1].level >= h.level:
             path.pop()
         path.append(h)
-    return path
+        starts.append(h.start)
+        paths.append(tuple(path))
+    return lambda offset: paths[i - 1] if (i := bisect.bisect_right(starts, offset)) else ()
 
 
-def _page_at(pages: list[tuple[int, int]], offset: int) -> int | None:
-    found = None
-    for start, number in pages:
-        if start > offset:
-            break
-        found = number
-    return found
+def _pages(pages: list[tuple[int, int]]) -> Callable[[int], int | None]:
+    """offset -> the number of the PDF page it is on (None: not a PDF)."""
+    starts = [start for start, _ in pages]
+    return lambda offset: pages[i - 1][1] if (i := bisect.bisect_right(starts, offset)) else None
 
 
 # -- loaders ---------------------------------------------------------------------------------
@@ -310,7 +310,9 @@ _JUNK_ROLES = {"navigation", "banner", "contentinfo", "complementary", "search",
 # a class or id that names navigation: "navheader", "toc", "sphinxsidebar", "wy-breadcrumbs", ...
 _JUNK_NAME = re.compile(r"(?:^|[-_])(?:nav|navbar|navheader|navfooter|navigation|toc|toctitle|sidebar|"
                         r"sphinxsidebar\w*|breadcrumbs?|footer|related|relbar\d?|headerlink|sourcelink|"
-                        r"pagination|pager|skip-?link|menu|searchbox)$", re.I)
+                        r"pagination|pager|skip-?link|searchbox)$", re.I)
+# words in a sentence are never page furniture, whatever their class ("<span class=menu>File</span>")
+_INLINE = {"span", "code", "tt", "kbd", "samp", "var", "em", "strong", "b", "i", "abbr", "sub", "sup", "mark"}
 _JUNK_LINK = re.compile(r"(?:show|view)(?: page)? source|edit (?:on \w+|this page)", re.I)
 _CELL, _END_CELL, _HEAD_ROW, _ROW, _END_ROW = "\ue004", "\ue005", "\ue001", "\ue002", "\ue003"
 
@@ -362,7 +364,7 @@ def _is_junk(tag) -> bool:
     if re.search(r"display:\s*none", tag.get("style", "")):
         return True
     names = list(tag.get("class") or []) + [tag.get("id") or ""]
-    if any(_JUNK_NAME.search(n) for n in names if n):
+    if tag.name not in _INLINE and any(_JUNK_NAME.search(n) for n in names if n):
         return True
     return tag.name == "a" and bool(_JUNK_LINK.fullmatch(tag.get_text(" ", strip=True)))
 
