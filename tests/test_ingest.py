@@ -173,6 +173,7 @@ COURSE_PAGE = """<!DOCTYPE html><html><head><title>Chapter 3. Settings</title></
 <div class="section"><h2 class="title"><a id="_files"></a>3.1. Files</h2>
 <p>The <code class="literal">settings.toml</code> file must sit in the project root.
 Set <code>core.autocrlf</code> and <code>GIT_DIR</code> before you run <kbd>git init</kbd>.</p>
+<p>Choose <span class="menu">File</span> then <span class="menuitem">Save</span> to keep them.</p>
 <pre class="screen">$ git config core.autocrlf true
 
 $ export GIT_DIR=/srv/repo.git</pre>
@@ -201,6 +202,8 @@ def test_html_keeps_inline_code_inside_its_sentence(tmp_path: Path):
     everything = "\n".join(c.page_content for c in course_page_chunks(tmp_path))
     assert "The `settings.toml` file must sit in the project root." in everything
     assert "Set `core.autocrlf` and `GIT_DIR` before you run `git init`." in everything
+    # a word's class never makes it page furniture, even one that names a menu
+    assert "Choose File then Save to keep them." in everything
 
 
 def test_html_code_block_is_fenced_and_whole(tmp_path: Path):
