@@ -15,12 +15,14 @@ text the same way, and prints per extractor:
   code     <code>/<tt>/<kbd>/<samp> spans of the page found verbatim in one chunk
   para     paragraphs holding inline code (<= 300 chars) found whole, as one sentence run,
            in one chunk (backticks ignored)
+  sent     sentences of the page's paragraphs (6 words or more) found on one line of a chunk:
+           the answer path reads a line break as the end of a sentence
   chunks   number of chunks (chunk_size from Settings, default 600)
 
 The reference text is the page's <body> without the parts that are navigation in the pages
 we checked by hand: DocBook's navheader/navfooter/toc, AsciiDoc's #toc/#footer, <nav>, the
-usual sidebars. A PDF or DOCX made from a page is measured against that page's reference
-(PAGE.html next to it with the same stem): only 'before' and 'now' run on those, and 'heads'
+usual sidebars. A PDF, DOCX or text file made from a page is measured against that page's
+reference (PAGE.html next to it with the same stem): only 'before' and 'now' run on those, and 'heads'
 counts the distinct `heading` values of the chunks. The other extractors are not scrumbot's
 dependencies: `pip install trafilatura readability-lxml html2text` to compare with them (a
 missing one is left out).
@@ -45,6 +47,7 @@ NAV = re.compile(r"\b(?:Table of Contents|Prev|Next|Home|Up)\b")
 REFERENCE_DROP = ("script, style, head, nav, .navheader, .navfooter, .toc, #toc, #footer, "
                   ".sphinxsidebar, .related, [role=navigation]")
 WORD = re.compile(r"[\w.'’-]*\w")
+SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
 BLOCKS = ["p", "div", "li", "td", "th", "tr", "dt", "dd", "pre", "br", "table", "ul", "ol", "dl",
@@ -71,7 +74,9 @@ def reference(html: str):
     codes = {c for c in codes if 2 <= len(c) <= 80}
     paras = [" ".join(p.get_text().split()) for p in body.find_all("p") if p.find(["code", "tt"])]
     paras = [p for p in paras if len(p) <= 300]
-    return body.get_text(), codes, paras
+    sents = [x for p in body.find_all("p") for x in SENTENCE.split(" ".join(p.get_text().split()))
+             if len(x.split()) >= 6]
+    return body.get_text(), codes, paras, sents
 
 
 def old_ingest(ref: str):
@@ -126,11 +131,12 @@ def file_chunks(module, path: Path, settings: Settings) -> tuple[list[str], int]
     return [c.page_content for c in chunks], len(heads)
 
 
-def measure(chunks: list[str], ref_text: str, codes: set[str], paras: list[str]) -> dict:
+def measure(chunks: list[str], ref_text: str, codes: set[str], paras: list[str], sents: list[str]) -> dict:
     ref_words = Counter(WORD.findall(ref_text))
     out_words = Counter(WORD.findall(" ".join(chunks)))
     flat = [" ".join(c.split()) for c in chunks]
     plain = [f.replace("`", "") for f in flat]
+    lines = "\n".join(" ".join(line.split()) for c in chunks for line in c.replace("`", "").splitlines())
     return {
         "kept": (sum(min(n, out_words[w]) for w, n in ref_words.items()), sum(ref_words.values()), "%"),
         "extra": sum(max(0, n - ref_words[w]) for w, n in out_words.items()),
@@ -138,6 +144,7 @@ def measure(chunks: list[str], ref_text: str, codes: set[str], paras: list[str])
         "nav": max(0, len(NAV.findall(" ".join(chunks))) - len(NAV.findall(ref_text))),
         "code": (sum(any(c in f for f in flat) for c in codes), len(codes)),
         "para": (sum(any(p in f for f in plain) for p in paras), len(paras)),
+        "sent": (sum(s in lines for s in sents), len(sents)),
         "chunks": len(chunks),
     }
 
@@ -165,12 +172,12 @@ def main() -> None:
     settings = Settings()
     before = old_ingest(args.before)
     now = sys.modules["scrumbot.ingest"]
-    columns = ["kept", "extra", "junk", "nav", "code", "para", "chunks", "heads"]
+    columns = ["kept", "extra", "junk", "nav", "code", "para", "sent", "chunks", "heads"]
     print(f"{'file':28} {'extractor':12} " + " ".join(f"{c:>9}" for c in columns))
     totals: dict[str, dict] = {}
     for path in args.files:
         html_path = path if path.suffix.lower() in (".html", ".htm") else path.with_suffix(".html")
-        ref_text, codes, paras = reference(html_path.read_text(encoding="utf-8", errors="replace"))
+        ref_text, codes, paras, sents = reference(html_path.read_text(encoding="utf-8", errors="replace"))
         runs: dict[str, tuple[list[str], int | str]] = {}
         runs["before"] = file_chunks(before, path, settings)
         is_html = path.suffix.lower() in (".html", ".htm")
@@ -183,7 +190,7 @@ def main() -> None:
                     print(f"  ({name} left out: {err})", file=sys.stderr)
         runs["now"] = file_chunks(now, path, settings)
         for name, (chunks, heads) in runs.items():
-            row = measure(chunks, ref_text, codes, paras) | {"heads": heads}
+            row = measure(chunks, ref_text, codes, paras, sents) | {"heads": heads}
             if is_html:
                 add(totals.setdefault(name, {}), row)
             print(f"{path.name[:28]:28} {name:12} " + " ".join(f"{cell(row[c]):>9}" for c in columns))

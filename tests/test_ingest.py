@@ -326,6 +326,8 @@ def test_pdf_keeps_pages_and_headings_and_drops_running_headers(tmp_path: Path, 
     assert got == [(1, "Planning"), (2, "Review"), (3, "Retrospective")]
     assert "retrospective ends the sprint" in chunks[2].page_content
     assert all("core.autocrlf" in c.page_content for c in chunks)
+    # the lines the page wrapped are one again: a sentence is never cut by a line break
+    assert "matters on page 2. The review inspects the increment." in chunks[1].page_content
     assert not [c for c in chunks if "course.html" in c.page_content or "3:18 PM" in c.page_content]
 
 
@@ -367,6 +369,22 @@ def test_plain_text_numbered_headings_and_their_depth(tmp_path: Path):
     # "1. Plan / 2. Build / 3. Ship" is a list, not three headings
     [steps] = [c for c in chunks if "1. Plan" in c.page_content]
     assert steps.metadata["heading"] == "1.2 Creating branches"
+
+
+def test_hard_wrapped_text_and_underlined_titles(tmp_path: Path):
+    import textwrap
+
+    body = " ".join(f"Sentence {i} tells how to set core.autocrlf for the repository." for i in range(8))
+    text = ("Git Tutorial\n============\n\nBranching\n---------\n\n" + textwrap.fill(body, 72)
+            + "\n\n- a list item\n- another item\n\n$ git branch topic\n$ git switch topic\n")
+    (tmp_path / "tutorial.txt").write_text(text)
+    _, chunks = chunks_of(tmp_path, "tutorial.txt", Settings(chunk_size=2000, chunk_overlap=0))
+    [chunk] = chunks
+    assert chunk.metadata["section"] == "Git Tutorial › Branching"
+    assert body in chunk.page_content  # the paragraph is one line again
+    # list items and shell lines keep their own lines; the offsets still point into the file
+    assert "- a list item\n- another item\n\n$ git branch topic\n$ git switch topic" in chunk.page_content
+    assert len(chunk.page_content) == len(text.strip())
 
 
 def test_product_owner_course_chunks_carry_their_real_headings():

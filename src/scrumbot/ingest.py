@@ -172,6 +172,7 @@ _INTRO_THEN_LIST = re.compile(rf":[ \t]*\n(?:[ \t]*\n)+((?:{LIST_ITEM}[^\n]*(?:\
 
 _FENCE = re.compile(r"^[ \t]*(```|~~~)[^\n]*\n.*?^[ \t]*\1[ \t]*$", re.M | re.S)
 _BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
+_RULE = re.compile(r"(?:[=\-~^+*#]{3,}[ \t]*)?")  # what may underline a heading line
 # Inside a paragraph longer than a chunk: lines, then sentences (a full stop followed by white
 # space, so "core.autocrlf" and "group.sub.name" are never cut), then words.
 _SEPARATORS = [r"\n", r"(?<=[.!?])\s+", r" ", r""]
@@ -203,7 +204,7 @@ def chunk_spans(doc: Extracted, size: int, overlap: int) -> list[tuple[int, int,
         if b - start > size:
             spans += [(s, e, a if s <= a < e else s) for s, e in _split_long(doc.text, start, b, size, overlap)]
             cur = None
-        elif a in heads and "\n" not in doc.text[a:b]:  # a heading line: it goes with what follows
+        elif a in heads and _RULE.fullmatch(doc.text[a:b].partition("\n")[2]):  # a heading: it goes with what follows
             cur = (start, b, None)
         else:
             cur = (start, b, a if cur is None or cur[2] is None else cur[2])
@@ -282,8 +283,8 @@ def _load(path: Path) -> Extracted:
     if suffix in (".html", ".htm"):
         return _markdown_headings(_keep_lists_with_intro(html_to_markdown(text)), slugs=False)
     if suffix in (".md", ".markdown"):
-        return _markdown_headings(_keep_lists_with_intro(text), slugs=True)
-    text = _keep_lists_with_intro(text)
+        return _markdown_headings(_keep_lists_with_intro(unwrap(text)), slugs=True)
+    text = _keep_lists_with_intro(unwrap(text))
     return Extracted(text, _text_headings(text))
 
 
@@ -299,6 +300,44 @@ def _decode(data: bytes) -> str:
     if text.count("\ufffd") > len(text) // 100:
         raise SkipFile("not UTF-8 and not readable as Windows-1252 text")
     return text
+
+
+# A line that starts something of its own: a list item, a shell prompt, a heading, a table row,
+# a quote, a fence, an indented (code) line; and the lines nothing is joined onto
+_OWN_LINE = re.compile(rf"{LIST_ITEM}|[$#>|]|```|~~~|\s{{4}}|\t")
+_NO_RUN_ON = re.compile(r"[#|]|```|~~~|\s{4}|\t")
+
+
+def _line_width(texts: list[str]) -> int:
+    """The width lines are wrapped at (the 90th percentile of their lengths); 0 if too few."""
+    lengths = sorted(len(line.rstrip()) for text in texts for line in text.split("\n") if line.strip())
+    return lengths[int(len(lengths) * 0.9)] if len(lengths) >= 5 else 0
+
+
+def unwrap(text: str, titles: list[str] | None = None, width: int | None = None) -> str:
+    """Text hard-wrapped at a fixed width (a PDF's lines, a text file wrapped at 72 columns)
+    with each paragraph's line breaks turned into spaces, so that a sentence is one line: the
+    sentence selection reads a line break as the end of a sentence. Only a line that fills most
+    of the width is joined to the next (a paragraph's last line, a heading, a table row rarely
+    do), never to a line that starts
+    something of its own or a heading in `titles`; text whose lines are long (a paragraph per
+    line already) is left alone. `width` is the document's, when `text` is one page of it.
+    Same length: offsets into the text still hold."""
+    lines = text.split("\n")
+    width = width or _line_width([text])
+    if not 40 <= width <= 130:
+        return text
+    starts = tuple(" ".join(t.split()[:3]) for t in titles or [])
+    seps, fence = [], False
+    for line, after in zip(lines, lines[1:]):
+        if line.lstrip().startswith(("```", "~~~")):
+            fence = not fence
+        body = line.rstrip()
+        joins = (not fence and body and after.strip() and not _NO_RUN_ON.match(line)
+                 and not _OWN_LINE.match(after) and not (starts and " ".join(after.split()).startswith(starts))
+                 and len(body) >= 0.7 * width)
+        seps.append(" " if joins else "\n")
+    return "".join(line + sep for line, sep in zip(lines, seps + [""]))
 
 
 # -- HTML (and DOCX, through mammoth's HTML) ---------------------------------------------------
@@ -539,8 +578,11 @@ def _pdf(path: Path) -> Extracted:
 
         pages.append((page.extract_text(visitor_text=visit) or "").translate(_LIGATURES))
         runs.append(found)
-    pages = _drop_running_lines(pages)
     marks = _pdf_outline(reader) or _pdf_large_lines(runs)
+    pages = _drop_running_lines(pages)
+    width = _line_width(pages)
+    pages = [unwrap(page, [title for _, title, _ in marks.get(number, [])], width)
+             for number, page in enumerate(pages, start=1)]
     text, offsets, headings = "", [], []
     for number, page in enumerate(pages, start=1):
         base = len(text)
@@ -690,10 +732,28 @@ def _listed(text: str, first: re.Match, second: re.Match) -> bool:
     return len(a) == len(b) and a[:-1] == b[:-1] and int(b[-1]) == int(a[-1]) + 1
 
 
+# A title underlined with a row of one character (Markdown's setext, AsciiDoc, reStructuredText)
+_UNDERLINED = re.compile(r"^([^\n]*\w[^\n]*)\n([=\-~^+*#])\2{2,}[ \t]*$", re.M)
+
+
 def _text_headings(text: str) -> list[Heading]:
-    """Plain text: numbered title lines, at the depth of their number ("1.2" below "1."), and
-    short capitalised lines standing alone; such a line opening the file is its title."""
+    """Plain text: underlined titles (their level by the order the underline characters first
+    appear: "====" then "----"), numbered title lines at the depth of their number ("1.2"
+    below "1."), and short capitalised lines standing alone; such a line opening the file is
+    its title."""
     found: dict[int, Heading] = {}
+    rules: list[str] = []
+    for m in _UNDERLINED.finditer(text):
+        line, rule = m.group(1), m.group(0)[len(m.group(1)) + 1:].rstrip()
+        title = line.strip()
+        if abs(len(title) - len(rule)) > 3 or len(title.split()) > 12:
+            continue  # a rule longer or shorter than the line above: a separator, a code fence
+        if m.group(2) not in rules:
+            rules.append(m.group(2))
+        at = m.start(1) + len(line) - len(line.lstrip())
+        found[at] = Heading(at, rules.index(m.group(2)) + 1, title)
+    if found:  # a file that underlines its titles marks them all that way
+        return [found[k] for k in sorted(found)]
     for m in _TXT_HEADING.finditer(text):
         line = m.group(1).strip()
         if len(line.split()) <= 8 and not re.search(r"\d{4}$", line):  # not a dateline
