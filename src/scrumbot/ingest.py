@@ -302,9 +302,9 @@ def _decode(data: bytes) -> str:
     return text
 
 
-# A line that starts something of its own: a list item, a shell prompt, a heading, a table row,
-# a quote, a fence, an indented (code) line; and the lines nothing is joined onto
-_OWN_LINE = re.compile(rf"{LIST_ITEM}|[$#>|]|```|~~~|\s{{4}}|\t")
+# A line that stands on its own: a list item, a shell prompt, a heading or its underline, a
+# table row, a quote, a fence, an indented (code) line; and the lines nothing is joined onto
+_OWN_LINE = re.compile(rf"{LIST_ITEM}|[$#>|]|```|~~~|\s{{4}}|\t|([=\-~^+*])\1{{2,}}\s*$")
 _NO_RUN_ON = re.compile(r"[#|]|```|~~~|\s{4}|\t")
 
 
@@ -319,10 +319,9 @@ def unwrap(text: str, titles: list[str] | None = None, width: int | None = None)
     with each paragraph's line breaks turned into spaces, so that a sentence is one line: the
     sentence selection reads a line break as the end of a sentence. Only a line that fills most
     of the width is joined to the next (a paragraph's last line, a heading, a table row rarely
-    do), never to a line that starts
-    something of its own or a heading in `titles`; text whose lines are long (a paragraph per
-    line already) is left alone. `width` is the document's, when `text` is one page of it.
-    Same length: offsets into the text still hold."""
+    do), never to a line that stands on its own or a heading in `titles`; text whose lines are
+    long (a paragraph per line already) is left alone. `width` is the document's when `text` is
+    one page of it. Same length: offsets into the text still hold."""
     lines = text.split("\n")
     width = width or _line_width([text])
     if not 40 <= width <= 130:
