@@ -357,6 +357,29 @@ def test_docx_headings_lists_and_tables(tmp_path: Path):
     assert "Product Owner | orders the backlog" in by_section["Scrum Events › Roles"]
 
 
+def test_a_table_of_contents_in_the_text_is_left_out(tmp_path: Path):
+    import docx
+
+    doc = docx.Document()
+    doc.add_paragraph("Contents")
+    for title in ("1. Roles", "2. Events", "3. Artifacts"):  # Word's TOC: plain paragraphs
+        doc.add_paragraph(title)
+    for title, text in (("1. Roles", "The owner orders the backlog."), ("2. Events", "The sprint is a month or less."),
+                        ("3. Artifacts", "The increment is usable.")):
+        doc.add_heading(title, level=1)
+        doc.add_paragraph(text)
+    doc.save(str(tmp_path / "guide.docx"))
+    _, chunks = chunks_of(tmp_path, "guide.docx", Settings(chunk_size=600, chunk_overlap=0))
+    assert [c.page_content for c in chunks] == [
+        "# 1. Roles\n\nThe owner orders the backlog.", "# 2. Events\n\nThe sprint is a month or less.",
+        "# 3. Artifacts\n\nThe increment is usable."]
+    # headings standing together, each said once, are headings, not a table of contents
+    (tmp_path / "p.html").write_text("<h1>Guide</h1><h2>Roles</h2><h3>Owner</h3><p>The owner orders the backlog.</p>")
+    [chunk] = chunks_of(tmp_path, "p.html")[1]
+    assert chunk.metadata["section"] == "Guide › Roles › Owner"
+    assert chunk.page_content.startswith("# Guide\n\n## Roles\n\n### Owner\n\nThe owner")
+
+
 def test_plain_text_numbered_headings_and_their_depth(tmp_path: Path):
     (tmp_path / "git.txt").write_text(
         "Git Basics\n\n1. Branching\n\nA branch is a pointer.\n\n1.2 Creating branches\n\n"

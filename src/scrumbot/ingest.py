@@ -281,7 +281,7 @@ def _load(path: Path) -> Extracted:
         return _docx(path)
     text = _decode(path.read_bytes())
     if suffix in (".html", ".htm"):
-        return _markdown_headings(_keep_lists_with_intro(html_to_markdown(text)), slugs=False)
+        return _html_document(html_to_markdown(text))
     if suffix in (".md", ".markdown"):
         return _markdown_headings(_keep_lists_with_intro(unwrap(text)), slugs=True)
     text = _keep_lists_with_intro(unwrap(text))
@@ -534,6 +534,13 @@ class _Markdown:
         return cls._cls()
 
 
+def _html_document(markdown: str) -> Extracted:
+    titles = {h.title for h in _markdown_headings(markdown, slugs=False).headings}
+    [markdown] = _drop_contents([markdown], titles)
+    markdown = re.sub(r"\n{3,}", "\n\n", markdown)
+    return _markdown_headings(_keep_lists_with_intro(markdown), slugs=False)
+
+
 def _docx(path: Path) -> Extracted:
     """Word documents through mammoth's HTML: heading styles become headings, lists and tables
     stay lists and tables, and the HTML path does the rest."""
@@ -543,7 +550,7 @@ def _docx(path: Path) -> Extracted:
                           + [f"r[style-name='{s}'] => code" for s in _DOCX_CODE_SPANS])
     with open(path, "rb") as fh:
         html = mammoth.convert_to_html(fh, style_map=style_map).value
-    doc = _markdown_headings(_keep_lists_with_intro(html_to_markdown(html)), slugs=False)
+    doc = _html_document(html_to_markdown(html))
     # Word's bookmark names ("_Toc123", pandoc's hashes) are no place a link can open the file at
     doc.headings = [Heading(h.start, h.level, h.title) for h in doc.headings]
     return doc
@@ -578,7 +585,7 @@ def _pdf(path: Path) -> Extracted:
         pages.append((page.extract_text(visitor_text=visit) or "").translate(_LIGATURES))
         runs.append(found)
     marks = _pdf_outline(reader) or _pdf_large_lines(runs)
-    pages = _drop_running_lines(pages)
+    pages = _drop_contents(_drop_running_lines(pages), {title for page in marks.values() for _, title, _ in page})
     width = _line_width(pages)
     pages = [unwrap(page, [title for _, title, _ in marks.get(number, [])], width)
              for number, page in enumerate(pages, start=1)]
@@ -596,6 +603,45 @@ def _pdf(path: Path) -> Extracted:
         text += page.strip("\n") + "\n\n"
     headings.sort(key=lambda h: h.start)
     return Extracted(text, headings, offsets)
+
+
+_CONTENTS = re.compile(r"(?:table of )?contents", re.I)
+_MARKS = re.compile(r"^#{1,6}\s+|\s*\{#[^}\s]*\}$")
+
+
+def _drop_contents(texts: list[str], titles: set[str]) -> list[str]:
+    """`texts` (a document's pages, or the whole of it) without its table of contents: a run
+    of three or more lines that are each a heading's title said again further on, and the
+    "Contents" line above it. Headings standing together without text between them are
+    never their titles' last mention, so they stay."""
+    if not titles:
+        return texts
+    pages = [text.split("\n") for text in texts]
+    said = [[_MARKS.sub("", " ".join(line.split())) for line in lines] for lines in pages]
+    left = Counter(title for page in said for title in page if title in titles)
+    out = []
+    for lines, page in zip(pages, said):
+        entry = []
+        for title in page:
+            if title in titles:
+                left[title] -= 1
+            entry.append(title in titles and left[title] > 0)
+        keep = [True] * len(lines)
+        i = 0
+        while i < len(lines):
+            j, found = i, []
+            while j < len(lines) and (entry[j] or (not page[j] and found)):
+                found += [j] if entry[j] else []
+                j += 1
+            if len(found) >= 3:
+                for k in range(i, found[-1] + 1):
+                    keep[k] = False
+                above = max((k for k in range(i) if page[k]), default=None)
+                if above is not None and _CONTENTS.fullmatch(page[above]):
+                    keep[above] = False
+            i = max(j, i + 1)
+        out.append("\n".join(line for line, kept in zip(lines, keep) if kept))
+    return out
 
 
 def _pdf_large_lines(runs: list[list[tuple[float, str, int]]]) -> dict[int, list[tuple[int, str, int]]]:
