@@ -23,7 +23,13 @@ The reference text is the page's <body> without the parts that are navigation in
 we checked by hand: DocBook's navheader/navfooter/toc, AsciiDoc's #toc/#footer, <nav>, the
 usual sidebars. A PDF, DOCX or text file made from a page is measured against that page's
 reference (PAGE.html next to it with the same stem): only 'before' and 'now' run on those, and 'heads'
-counts the distinct `heading` values of the chunks. The other extractors are not scrumbot's
+counts the distinct `heading` values of the chunks.
+
+    PYTHONPATH=src python benchmarks/ingest_check.py --questions eval/courses/git/questions.jsonl
+
+checks the evaluation courses instead: how many of the questions' `evidence` pieces (the course
+sentences that answer them) one chunk holds whole, and one line of a chunk (backticks and white
+space ignored), before and now. The other extractors are not scrumbot's
 dependencies: `pip install trafilatura readability-lxml html2text` to compare with them (a
 missing one is left out).
 """
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -125,8 +132,7 @@ def html_extractors(settings: Settings) -> dict:
 
 
 def file_chunks(module, path: Path, settings: Settings) -> tuple[list[str], int]:
-    sf = SourceFile(path.resolve(), path.resolve().parent, path.name, "-")
-    chunks = module.load_chunks(sf, settings)
+    chunks = file_chunks_raw(module, path, settings)
     heads = {c.metadata.get("heading") for c in chunks} - {""}
     return [c.page_content for c in chunks], len(heads)
 
@@ -164,14 +170,46 @@ def add(total: dict, row: dict) -> None:
             total[key] = total.get(key, 0) + value
 
 
+def evidence(questions: Path, modules: dict, settings: Settings) -> None:
+    folder = questions.parent
+    files = {p.name.split(".")[0]: p for p in folder.iterdir() if p.suffix in (".html", ".htm", ".pdf", ".docx", ".txt", ".md")}
+    pieces = []
+    for line in questions.read_text().splitlines():
+        q = json.loads(line)
+        sources = q.get("source") or []
+        for piece in (q.get("evidence") or "").split(" … "):
+            if piece.strip():
+                pieces.append(([s.split(".")[0] for s in ([sources] if isinstance(sources, str) else sources)],
+                               " ".join(piece.replace("`", "").split())))
+    for name, module in modules.items():
+        chunks = {stem: [" ".join(c.page_content.replace("`", "").split()) for c in file_chunks_raw(module, p, settings)]
+                  for stem, p in files.items()}
+        lines = {stem: [" ".join(line.replace("`", "").split()) for c in file_chunks_raw(module, p, settings)
+                        for line in c.page_content.splitlines()] for stem, p in files.items()}
+        whole = sum(any(piece in c for s in srcs for c in chunks.get(s, [])) for srcs, piece in pieces)
+        one_line = sum(any(piece in x for s in srcs for x in lines.get(s, [])) for srcs, piece in pieces)
+        print(f"{str(questions)[-40:]:40} {name:7} evidence in one chunk {whole}/{len(pieces)}, "
+              f"on one line {one_line}/{len(pieces)}, chunks {sum(map(len, chunks.values()))}")
+
+
+def file_chunks_raw(module, path: Path, settings: Settings):
+    return module.load_chunks(SourceFile(path.resolve(), path.resolve().parent, path.name, "-"), settings)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("files", nargs="*", type=Path)
     parser.add_argument("--before", default="main", help="git ref of the ingest to compare with (default main)")
+    parser.add_argument("--questions", nargs="*", type=Path, default=[],
+                        help="questions.jsonl files whose evidence is looked for in their folder's chunks")
     args = parser.parse_args()
     settings = Settings()
     before = old_ingest(args.before)
     now = sys.modules["scrumbot.ingest"]
+    for questions in args.questions:
+        evidence(questions, {"before": before, "now": now}, settings)
+    if not args.files:
+        return
     columns = ["kept", "extra", "junk", "nav", "code", "para", "sent", "chunks", "heads"]
     print(f"{'file':28} {'extractor':12} " + " ".join(f"{c:>9}" for c in columns))
     totals: dict[str, dict] = {}
