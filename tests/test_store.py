@@ -112,6 +112,36 @@ def test_editing_one_file_reembeds_only_it(settings, docs: Path):
     assert_no_duplicates(bot)
 
 
+def test_a_new_ingest_version_rechunks_every_file_once(settings, docs: Path, monkeypatch):
+    """Files whose bytes did not change are re-chunked when ingest changed what it makes of
+    them (an index built by an older scrumbot), and then never again."""
+    import scrumbot.ingest
+    import scrumbot.store
+
+    current = scrumbot.ingest.INGEST_VERSION
+    with monkeypatch.context() as older:  # the index as an older ingest wrote it
+        older.setattr(scrumbot.ingest, "INGEST_VERSION", current - 1)
+        older.setattr(scrumbot.store, "INGEST_VERSION", current - 1)
+        emb = FakeEmbeddings()
+        bot = make_assistant(settings, emb)
+        bot.index([docs])
+    old_ids = {i for i, _, _ in rows(bot)}
+    assert {m["ingest_version"] for _, _, m in rows(bot)} == {current - 1}
+
+    emb.embedded.clear()
+    report = bot.index([docs])
+    assert sorted(report.updated) == ["backlog.md", "review.txt", "velocity.txt"] and report.unchanged == []
+    assert report.chunks_deleted == len(old_ids) and not old_ids & {i for i, _, _ in rows(bot)}
+    assert {m["ingest_version"] for _, _, m in rows(bot)} == {current}
+    assert sorted(emb.embedded) == sorted(t for _, t, _ in rows(bot))
+    assert_no_duplicates(bot)
+
+    emb.embedded.clear()
+    again = bot.index([docs])
+    assert emb.embedded == [] and again.chunks_embedded == again.chunks_deleted == 0
+    assert sorted(again.unchanged) == ["backlog.md", "review.txt", "velocity.txt"]
+
+
 def test_deleting_a_file_removes_its_chunks(settings, docs: Path):
     bot = make_assistant(settings)
     bot.index([docs])

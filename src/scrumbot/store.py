@@ -35,7 +35,7 @@ from langchain_core.embeddings import Embeddings
 from .config import Settings, without_credentials
 from .errors import (ConfigError, DiskFullError, EmbedderMismatchError, IndexBusyError,
                      IndexCorruptError, IndexMissingError, ScrumbotError, StoreUnavailableError)
-from .ingest import SkipFile, discover, load_chunks, resolve_root
+from .ingest import INGEST_VERSION, SkipFile, discover, load_chunks, resolve_root
 
 MARKER = "scrumbot-index.json"
 INDEX_FORMAT = 1
@@ -466,7 +466,7 @@ class Store:
         for path in paths:
             target = Path(path).expanduser().resolve()
             root = resolve_root(target).as_posix()
-            prior = self._files_under(collection, root)  # rel -> set of file hashes
+            prior = self._files_under(collection, root)  # rel -> {(file hash, ingest version)}
             if target.exists():
                 present, skipped = discover(target, max_bytes=self.settings.max_file_mb * 1024 * 1024)
                 scope = set(prior) if target.is_dir() else {target.relative_to(root).as_posix()} & set(prior)
@@ -483,7 +483,8 @@ class Store:
             unreadable = {name for name, why in skipped if why.startswith("cannot read")}
             dropped: set[str] = set()
             for sf in present:
-                if prior.get(sf.rel) == {sf.sha256} and f"{root}::{sf.rel}" not in pending:
+                # unchanged: the same bytes, chunked by this version of ingest
+                if prior.get(sf.rel) == {(sf.sha256, INGEST_VERSION)} and f"{root}::{sf.rel}" not in pending:
                     report.unchanged.append(sf.rel)
                     continue
                 try:
@@ -632,11 +633,13 @@ class Store:
         return {k for start in range(0, len(source_ids), 500)
                 for k in rm.list_keys(group_ids=source_ids[start:start + 500])}
 
-    def _files_under(self, collection, root: str) -> dict[str, set[str]]:
+    def _files_under(self, collection, root: str) -> dict[str, set[tuple[str, int]]]:
+        """rel -> the (file hash, ingest version) pairs its chunks carry; chunks from before
+        ingest versions were recorded are version 1."""
         data = collection.get(where={"root": root}, include=["metadatas"])
-        files: dict[str, set[str]] = defaultdict(set)
+        files: dict[str, set[tuple[str, int]]] = defaultdict(set)
         for meta in data["metadatas"]:
-            files[meta["source"]].add(meta.get("file_sha256", ""))
+            files[meta["source"]].add((meta.get("file_sha256", ""), meta.get("ingest_version", 1)))
         return files
 
 
