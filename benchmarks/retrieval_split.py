@@ -44,12 +44,12 @@ def main() -> None:
         cases = [turns[0] for turns in evaluate.load(files, split=args.split)]
         with tempfile.TemporaryDirectory() as tmp:
             base = Settings.from_env(index_dir=Path(tmp) / "index")
-            bot = Assistant(base, embeddings=embeddings)
+            bot = Assistant(base, embeddings=embeddings, embedder_name=None if embeddings is None else "sentence-transformers/all-MiniLM-L6-v2")
             bot.index(corpus)
             embeddings = bot.embeddings
             for hybrid in (False, True):
                 s = base.replace(hybrid=hybrid)
-                r = Assistant(s, embeddings=embeddings).retriever
+                r = Assistant(s, embeddings=embeddings, embedder_name=bot.embedder_name).retriever
                 hit1 = hitk = n = gated_ans = gated_oos = n_oos = 0
                 for case in cases:
                     got = r.retrieve(case.q)
