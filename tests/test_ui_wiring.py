@@ -36,13 +36,13 @@ def test_build_app_wires_the_ask_endpoint(fake_assistant, gr):
     assert isinstance(app, gr.Blocks)
     fns = {fn.api_name: fn for fn in app.fns.values()}
     ask = fns["ask"]
-    assert [c.elem_id for c in ask.inputs] == ["question", "chat"]
+    assert [c.elem_id for c in ask.inputs] == ["question", "chat", "course"]
     assert [c.elem_id for c in ask.outputs] == ["question", "chat", "sources"]
     assert ask.fn.__name__ == "respond" and ask.api_visibility == "public"
-    # Enter in the textbox runs the same handler, without a second public endpoint
-    submit = [fn for fn in app.fns.values() if fn.fn is not None and fn.fn.__name__ == "respond"
+    # Enter in the textbox and Retry run the same handler, without a second public endpoint
+    others = [fn for fn in app.fns.values() if fn.fn is not None and fn.fn.__name__ == "respond"
               and fn is not ask]
-    assert len(submit) == 1 and submit[0].api_visibility == "private"
+    assert len(others) == 2 and all(fn.api_visibility == "private" for fn in others)
 
 
 def test_respond_streams_answer_with_citations_and_sources(fake_assistant):

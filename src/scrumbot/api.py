@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 import threading
 import time
 import unicodedata
@@ -22,11 +24,12 @@ from langchain_core.language_models.chat_models import BaseChatModel
 
 from .chain import (NOT_COVERED, SYSTEM, build_chain, chain_inputs, extractive_answer, is_refusal,
                     standalone_question)
-from .config import Settings, apply_offline_env
+from .config import DEFAULT_COURSE, Settings, apply_offline_env, check_course
 from .errors import BadQuestionError, ConfigError, ScrumbotError
 from .models import EMBEDDER_NAME, embedder_path
 from .guard import Grounding, clean_passages
 from .retrieve import Retriever, Source
+from .ingest import SkipFile, upload_name
 from .store import IndexReport, Store
 
 apply_offline_env()
@@ -102,6 +105,136 @@ class Assistant:
         self._init_lock = threading.Lock()
         # llama.cpp is not safe to call from several threads: one generation at a time.
         self._generate_lock = threading.Lock()
+        self._courses: dict[str, Assistant] = {}  # the other courses, sharing embedder and model
+        self._examples: tuple[tuple, list[str]] | None = None  # (index version, questions)
+        self._examples_lock = threading.Lock()
+
+    # -- courses ----------------------------------------------------------------------------
+
+    @property
+    def course(self) -> str:
+        return self.settings.course
+
+    def for_course(self, course: str | None) -> "Assistant":
+        """The assistant of another course of this install: its own index, this one's embedder,
+        model and model lock (one generation at a time across all courses)."""
+        if not course or course == self.course:
+            return self
+        course = _course_name(course)
+        with self._init_lock:
+            other = self._courses.get(course)
+        if other is None:
+            other = Assistant(self.settings.replace(course=course),
+                              embeddings=_OnFirstUse(lambda: self.embeddings),
+                              embedder_name=self.embedder_name, llm=self.llm)
+            other._generate_lock = self._generate_lock
+            with self._init_lock:
+                other = self._courses.setdefault(course, other)
+        return other
+
+    def courses(self) -> list[dict]:
+        """Every course of this install: {"course", "collection", "documents", "chunks"}."""
+        return self.store.courses()
+
+    def remove_course(self, course: str | None = None) -> dict:
+        """Delete a course: its chunks, its records and the files uploaded to it."""
+        target = self.for_course(course)
+        held = target.store.remove_course()
+        files = self.settings.course_files(target.course)
+        if files.is_dir():
+            import shutil
+
+            shutil.rmtree(files.parent)
+        with self._init_lock:
+            self._courses.pop(target.course, None)
+        return held
+
+    # -- the course's documents -------------------------------------------------------------
+
+    def documents(self) -> list[dict]:
+        """The course's files: source, root, chunks, indexed_at (epoch s or None), uploaded."""
+        files = self.settings.course_files().resolve().as_posix()
+        return [{**d, "uploaded": d["root"] == files} for d in self.store.documents()]
+
+    def add_files(self, files: Iterable[tuple[str, Path | str]],
+                  progress: Callable[[int, int], None] | None = None) -> IndexReport:
+        """Store uploaded files in the course's folder (settings.course_files()) and index them.
+
+        `files` are (name the client gave, where the bytes are now). A file whose name cannot be
+        made safe, of a type scrumbot cannot read or bigger than SCRUMBOT_MAX_FILE_MB is refused:
+        it is listed in report.skipped with the reason, and nothing of it is stored."""
+        import shutil
+
+        folder = self.settings.course_files()
+        limit = self.settings.max_file_mb * 1024 * 1024
+        refused: list[tuple[str, str]] = []
+        notes: list[tuple[str, str]] = []
+        saved: list[Path] = []
+        for name, location in files:
+            shown = (name if isinstance(name, str) else "?").replace("\x00", "\\0")[:200]
+            try:
+                safe, note = upload_name(name)
+                size = Path(location).stat().st_size
+                if size > limit:
+                    raise SkipFile(f"{size / 2**20:.1f} MB, larger than the {self.settings.max_file_mb} MB "
+                                   "limit (SCRUMBOT_MAX_FILE_MB raises it)")
+                if size == 0:
+                    raise SkipFile("empty file")
+            except SkipFile as why:
+                refused.append((shown, str(why)))
+                continue
+            except OSError as err:
+                refused.append((shown, f"cannot read the upload: {err.strerror or err}"))
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{safe}.part"  # hidden: an index run never reads a half-copied file
+            shutil.copyfile(location, tmp)
+            os.replace(tmp, folder / safe)
+            saved.append(folder / safe)
+            if note:
+                notes.append((shown, note))
+        report = self.store.index(saved, progress=progress) if saved else IndexReport()
+        report.skipped = refused + report.skipped
+        report.notes = notes
+        return report
+
+    def remove_documents(self, source_ids: Iterable[str]) -> IndexReport:
+        """Take files out of the course's index; an uploaded file is deleted from its folder too
+        (a file of a folder indexed from the CLI stays on disk: the next `scrumbot index` of that
+        folder adds it again)."""
+        source_ids = list(source_ids)
+        report = self.store.remove_files(source_ids)
+        uploaded = self.settings.course_files().resolve()
+        for sid in source_ids:
+            root, _, rel = sid.partition("::")
+            if Path(root) == uploaded and "/" not in rel:
+                (uploaded / rel).unlink(missing_ok=True)
+        return report
+
+    def reindex(self, progress: Callable[[int, int], None] | None = None) -> IndexReport:
+        """Index again every folder the course holds files from (incremental: what changed)."""
+        roots = sorted({d["root"] for d in self.store.documents()} | {self.settings.course_files().resolve().as_posix()})
+        return self.store.index([Path(r) for r in roots if Path(r).is_dir()], progress=progress)
+
+    def example_questions(self, n: int = 3, tries: int = 8) -> list[str]:
+        """Questions a student can start from, made from the course's own headings and kept only
+        when the pipeline answers them; worked out once per index version."""
+        version = (self.store.count(), self.store.last_write())
+        with self._examples_lock:
+            if self._examples is not None and self._examples[0] == version:
+                return list(self._examples[1])
+            kept: list[str] = []
+            if version[0]:
+                for question in questions_from_headings(self.store.all_chunks())[:tries]:
+                    try:
+                        if not self.answer(question).refused:
+                            kept.append(question)
+                    except ScrumbotError as err:
+                        log.warning("example question %r not kept: %s", question, err)
+                    if len(kept) == n:
+                        break
+            self._examples = (version, kept)
+            return list(kept)
 
     # -- lazily built parts -----------------------------------------------------------------
 
@@ -271,6 +404,42 @@ class Assistant:
                 raise
 
 
+_ASKING = re.compile(r"(?i)(what|who|whom|whose|which|when|where|why|how|is|are|can|could|do|does|"
+                     r"should|will|would)\b")
+
+
+def questions_from_headings(chunks: Iterable) -> list[str]:
+    """Candidate questions from the headings chunks sit under, one file at a time in turn (so
+    the first few cover several documents): a heading phrased as a question is asked as it is,
+    a short topic as "What is <topic>?"."""
+    per_file: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for chunk in chunks:
+        heading = " ".join(str(chunk.metadata.get("heading") or "").split()).strip(" :-#")
+        if not heading or heading.lower() in seen or len(heading) > 80:
+            continue
+        seen.add(heading.lower())
+        if heading.endswith("?") or _ASKING.match(heading):
+            question = heading.rstrip("?.!") + "?"
+        elif len(heading.split()) <= 5 and not heading.endswith((".", "!")):
+            question = f"What is {heading}?"
+        else:
+            continue
+        per_file.setdefault(chunk.metadata.get("source_id", ""), []).append(question)
+    queues = [per_file[k] for k in sorted(per_file)]
+    out: list[str] = []
+    while any(queues):
+        out += [q.pop(0) for q in queues if q]
+    return out
+
+
+def _course_name(course: str) -> str:
+    try:
+        return check_course(course)
+    except ValueError as err:
+        raise ConfigError(str(err), "Pick an existing course, or type a new name in that form.") from None
+
+
 def clean_question(question: str, max_chars: int) -> str:
     if not isinstance(question, str):
         raise BadQuestionError("The question must be text.")
@@ -318,13 +487,14 @@ def default_assistant() -> Assistant:
         return _default
 
 
-def answer(question: str, history: History | None = None) -> Answer:
-    """Answer one question from the default index with the default settings (SCRUMBOT_*)."""
-    return default_assistant().answer(question, history)
+def answer(question: str, history: History | None = None, course: str | None = None) -> Answer:
+    """Answer one question with the default settings (SCRUMBOT_*), from `course` (default:
+    SCRUMBOT_COURSE, else the default course)."""
+    return default_assistant().for_course(course).answer(question, history)
 
 
-def stream(question: str, history: History | None = None) -> Iterator[Answer]:
+def stream(question: str, history: History | None = None, course: str | None = None) -> Iterator[Answer]:
     """Like answer(), yielding growing snapshots while the model writes."""
-    return default_assistant().stream(question, history)
+    return default_assistant().for_course(course).stream(question, history)
 
 
