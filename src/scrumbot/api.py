@@ -34,6 +34,9 @@ from .store import IndexReport, Store
 
 apply_offline_env()
 log = logging.getLogger("scrumbot.api")
+# LangChain logs every exception a callback raises; a stopped answer is not an error
+logging.getLogger("langchain_core.callbacks.manager").addFilter(
+    lambda record: "GenerationStopped" not in record.getMessage())
 
 History = list[tuple[str, str]]
 
@@ -313,8 +316,12 @@ class Assistant:
             pass
         return final
 
-    def stream(self, question: str, history: History | None = None) -> Iterator[Answer]:
-        """Yields growing Answer snapshots (done=False) and finally the complete Answer."""
+    def stream(self, question: str, history: History | None = None,
+               stop: threading.Event | None = None) -> Iterator[Answer]:
+        """Yields growing Answer snapshots (done=False) and finally the complete Answer.
+
+        Setting `stop` ends the stream after the model's next token, without a final Answer:
+        the model's own stream is closed and the model is free for the next question."""
         t0 = time.perf_counter()
         question = clean_question(question, self.settings.max_question_chars)
         history = clean_history(history, self.settings)
@@ -341,7 +348,7 @@ class Assistant:
         # History only when the question still leans on it: a question that stands alone, or
         # that the model rewrote to, reads the same without it, and every turn of it is prefill.
         context = [] if retrieval.standalone else history
-        for piece in self._generate(retrieval.query, focused, context) if focused else ():
+        for piece in self._generate(retrieval.query, focused, context, stop) if focused else ():
             if not text:
                 timings["first_token_s"] = round(time.perf_counter() - t0, 4)
             text += piece
@@ -349,6 +356,8 @@ class Assistant:
             if visible != shown and visible.startswith(shown):  # never take back what was shown
                 shown = visible
                 yield replace(partial, text=shown)
+        if stop is not None and stop.is_set():
+            return  # stopped: what was shown is all there is, unchecked, so no final Answer
         timings["total_s"] = round(time.perf_counter() - t0, 4)
         text = text.strip()
         if not text or is_refusal(text):
@@ -386,14 +395,23 @@ class Assistant:
         OpenAI-compatible server queues or batches requests itself."""
         return self._generate_lock if self.settings.llm != "openai" else contextlib.nullcontext()
 
-    def _generate(self, question: str, passages: list[Source], history: History) -> Iterator[str]:
+    def _generate(self, question: str, passages: list[Source], history: History,
+                  stop: threading.Event | None = None) -> Iterator[str]:
         if self.settings.llm == "extractive":
-            yield from extractive_answer(question, passages, self.embeddings)
+            for piece in extractive_answer(question, passages, self.embeddings):
+                if stop is not None and stop.is_set():
+                    return
+                yield piece
             return
         inputs = chain_inputs(question, passages, history, self.settings.max_context_chars)
+        # Stopping ends the model's own stream at its next token. Closing the chain's stream
+        # would not: LangChain reads the model's stream to its end when its consumer stops.
+        config = {"callbacks": [_StopAtNextToken(stop)]} if stop is not None else None
         with self._model_turn():
             try:
-                yield from self.chain.stream(inputs)
+                yield from self.chain.stream(inputs, config=config)
+            except GenerationStopped:
+                return
             except ScrumbotError:
                 raise
             except Exception as err:
@@ -438,6 +456,23 @@ def _course_name(course: str) -> str:
         return check_course(course)
     except ValueError as err:
         raise ConfigError(str(err), "Pick an existing course, or type a new name in that form.") from None
+
+
+class GenerationStopped(Exception):
+    """The reader of an answer asked it to stop (raised inside the model's stream)."""
+
+
+def _StopAtNextToken(stop: threading.Event):
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class StopAtNextToken(BaseCallbackHandler):
+        raise_error = True  # so that the exception ends the model's stream instead of being logged
+
+        def on_llm_new_token(self, token, **kwargs) -> None:
+            if stop.is_set():
+                raise GenerationStopped()
+
+    return StopAtNextToken()
 
 
 def clean_question(question: str, max_chars: int) -> str:

@@ -126,6 +126,16 @@ class Sessions:
             self._by_hash.pop(getattr(request, "session_hash", None) or "local", None)
 
 
+def _takes_request(fn):
+    """Gradio hands a handler the visitor's request (session, username) when its annotation *is*
+    gr.Request; here annotations are strings naming a gradio imported inside functions, which
+    Gradio cannot resolve, so the class is put in their place."""
+    import gradio as gr
+
+    fn.__annotations__ = {**fn.__annotations__, "request": gr.Request}
+    return fn
+
+
 def make_respond(assistant: Assistant, sessions: Sessions | None = None):
     """The chat handler: (message, chat, course) -> streamed (textbox, chat, sources) updates.
     A function of its own so tests can drive it without a browser or a server."""
@@ -134,6 +144,7 @@ def make_respond(assistant: Assistant, sessions: Sessions | None = None):
 
     sessions = sessions or Sessions()
 
+    @_takes_request
     def respond(message: str, chat: list[dict], course: str | None = None, request: gr.Request = None):
         session = sessions.get(request)
         session.stop.clear()
@@ -144,18 +155,21 @@ def make_respond(assistant: Assistant, sessions: Sessions | None = None):
         try:
             bot = _course_assistant(assistant, course, request)
             final = None
-            answers = bot.stream(message, history)
+            answers = bot.stream(message, history, stop=session.stop)
             for final in answers:
                 if session.stop.is_set():
-                    # closing the stream closes the model's own stream and releases the model
-                    # for the next question; what was shown stays, marked
-                    answers.close()
-                    chat[-1] = {"role": "assistant", "content": f"{final.text} … {STOPPED}".lstrip(" …")}
-                    session.answers.append({**_record(final, bot.course), "stopped": True})
-                    yield "", chat, sources_markdown(final)
-                    return
+                    break
                 chat[-1] = {"role": "assistant", "content": final.text or "…"}
                 yield "", chat, sources_markdown(final)
+            # closing the stream closes the model's own stream and frees the model for the next
+            # question (the stream also checks `stop` itself between tokens)
+            answers.close()
+            if final is not None and not final.done:
+                text = f"{final.text} … {STOPPED}" if final.text else STOPPED
+                chat[-1] = {"role": "assistant", "content": text}
+                session.answers.append({**_record(final, bot.course), "stopped": True})
+                yield "", chat, sources_markdown(final)
+                return
             chat[-1] = {"role": "assistant", "content": final.text + citations(final)}
             session.answers.append(_record(final, bot.course))
             yield "", chat, sources_markdown(final)
@@ -244,7 +258,7 @@ def make_documents(assistant: Assistant):
     def listing(bot: Assistant):
         docs = bot.documents()
         table = gr.DataFrame(value=documents_table(bot) or None, headers=DOC_COLUMNS)
-        picks = gr.Dropdown(choices=[(d["source"], d["source_id"]) for d in docs], value=[])
+        picks = gr.Dropdown(choices=[(d["source"], d["source_id"]) for d in docs], value=None)
         return table, picks
 
     def courses_update(bot: Assistant):
@@ -261,6 +275,7 @@ def make_documents(assistant: Assistant):
         return (f"**{bot.course}**: " + for_the_page(report.summary(), settings).replace("\n", "  \n"),
                 *listing(bot), courses_update(bot))
 
+    @_takes_request
     def upload(files, course, request: gr.Request = None, progress=gr.Progress()):
         bot = guarded(course, request)
         paths = [f if isinstance(f, str) else getattr(f, "name", "") for f in (files or [])]
@@ -272,19 +287,22 @@ def make_documents(assistant: Assistant):
 
         return run(lambda: bot.add_files([(Path(p).name, Path(p)) for p in paths], progress=embedding), bot)
 
+    @_takes_request
     def remove(source_ids, course, request: gr.Request = None):
         bot = guarded(course, request)
         if not source_ids:
             raise gr.Error("Pick the documents to remove first.", print_exception=False)
         return run(lambda: bot.remove_documents(source_ids), bot)
 
+    @_takes_request
     def reindex(course, request: gr.Request = None, progress=gr.Progress()):
         bot = guarded(course, request)
         return run(lambda: bot.reindex(progress=lambda d, t: progress(d / t, desc=f"embedding {d}/{t} chunks")), bot)
 
+    @_takes_request
     def show(course, request: gr.Request = None):
         if not trainer(settings, request):
-            return gr.DataFrame(value=None), gr.Dropdown(choices=[], value=[])
+            return gr.DataFrame(value=None), gr.Dropdown(choices=[], value=None)
         return listing(guarded(course, request))
 
     return upload, remove, reindex, show
@@ -300,6 +318,7 @@ def build_app(assistant: Assistant):
     respond = make_respond(assistant, sessions)
     upload, remove, reindex, show_documents = make_documents(assistant)
 
+    @_takes_request
     def examples_for(course, request: gr.Request = None):
         try:
             questions = _course_assistant(assistant, course, request).example_questions()
@@ -307,6 +326,7 @@ def build_app(assistant: Assistant):
             questions = []
         return gr.Dataset(samples=[[q] for q in questions], visible=bool(questions))
 
+    @_takes_request
     def on_load(request: gr.Request = None):
         names = [c["course"] for c in assistant.courses()]
         if assistant.course not in names:
@@ -316,13 +336,16 @@ def build_app(assistant: Assistant):
                             info="Type a new name to start a course, then add documents to it." if allowed else None),
                 gr.Tab(visible=allowed))
 
+    @_takes_request
     def fresh(request: gr.Request = None):
         sessions.get(request).answers.clear()
         return [], "", NO_SOURCES, gr.File(value=None, visible=False)
 
+    @_takes_request
     def stop(request: gr.Request = None):
         sessions.get(request).stop.set()
 
+    @_takes_request
     def retry(chat, request: gr.Request = None):
         chat = _chat(chat)
         if len(chat) < 2 or chat[-2]["role"] != "user":
@@ -332,9 +355,11 @@ def build_app(assistant: Assistant):
             answers.pop()
         return chat[-2]["content"], chat[:-2]
 
+    @_takes_request
     def forget(request: gr.Request = None):
         sessions.drop(request)
 
+    @_takes_request
     def export(request: gr.Request = None):
         answers = sessions.get(request).answers
         if not answers:
