@@ -46,8 +46,8 @@ def test_courses_are_isolated(settings, alpha_docs, beta_docs):
     assert not in_default.refused and {s.source for s in in_default.sources} == {"estimation.txt"}
 
     listed = {c["course"]: c for c in default.courses()}
-    assert listed["default"]["collection"] == "scrumbot" and listed["default"]["documents"] == 1
-    assert listed["alpha"]["collection"] == "scrumbot.alpha" and listed["alpha"]["documents"] == 1
+    assert listed["default"]["collection"] == settings.collection and listed["default"]["documents"] == 1
+    assert listed["alpha"]["collection"] == f"{settings.collection}.alpha" and listed["alpha"]["documents"] == 1
     assert listed["alpha"]["chunks"] == alpha.store.count() > 0
 
 
@@ -57,13 +57,16 @@ def test_the_default_course_keeps_the_names_an_index_had_before_courses(settings
     first = make_assistant(settings)
     first.index([beta_docs])
     names = {p.name for p in settings.index_dir.iterdir()}
+    assert Settings().course_collection() == "scrumbot"  # the name every index had before courses
     assert "records.sqlite" in names and not any(n.startswith("records-") for n in names)
-    assert first.store.client().get_collection("scrumbot").count() == first.store.count()
+    assert first.store.client().get_collection(settings.collection).count() == first.store.count()
     root = beta_docs.resolve().as_posix()
-    assert {ns for ns, _ in record_rows(settings.index_dir / "records.sqlite")} == {f"scrumbot:{root}"}
+    assert {ns for ns, _ in record_rows(settings.index_dir / "records.sqlite")} == {f"{settings.collection}:{root}"}
 
     embeddings = FakeEmbeddings()
-    again = make_assistant(Settings.from_env(index_dir=settings.index_dir), embeddings)
+    fresh = Settings.from_env(index_dir=settings.index_dir, chroma_url=settings.chroma_url,
+                              collection=settings.collection)
+    again = make_assistant(fresh, embeddings)
     assert again.course == "default"
     report = again.index([beta_docs])
     assert report.unchanged == ["estimation.txt"] and embeddings.embedded == []
@@ -165,6 +168,14 @@ def test_example_questions_come_from_the_course_and_are_answerable(settings, tmp
     assert "What is Quantum chromodynamics?" not in first  # refused by the pipeline: left out
     for q in first:
         assert not assistant.answer(q).refused
-    # once per index version: asked again, nothing is answered again
+    # once per index version: asked again, or by the next run of the app, nothing is answered again
     assistant.answer = None  # would fail if called
     assert assistant.example_questions() == first
+    restarted = make_assistant(settings)
+    restarted.answer = None
+    assert restarted.example_questions() == first
+    # a changed course gets its examples worked out again
+    (docs / "more.md").write_text("# Sprint review\n\nThe sprint review inspects the increment with stakeholders.\n")
+    restarted.index([docs])
+    del restarted.answer
+    assert "What is Sprint review?" in restarted.example_questions()

@@ -9,6 +9,7 @@ Everything heavy (embedder, Chroma, the LLM) is created on first use and kept.""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -143,6 +144,7 @@ class Assistant:
         """Delete a course: its chunks, its records and the files uploaded to it."""
         target = self.for_course(course)
         held = target.store.remove_course()
+        target._examples_file().unlink(missing_ok=True)
         files = self.settings.course_files(target.course)
         if files.is_dir():
             import shutil
@@ -219,11 +221,20 @@ class Assistant:
         roots = sorted({d["root"] for d in self.store.documents()} | {self.settings.course_files().resolve().as_posix()})
         return self.store.index([Path(r) for r in roots if Path(r).is_dir()], progress=progress)
 
+    def _examples_file(self) -> Path:
+        records = self.store.records_path  # records.sqlite -> examples.json, records-x -> examples-x
+        return records.with_name(records.stem.replace("records", "examples", 1) + ".json")
+
     def example_questions(self, n: int = 3, tries: int = 8) -> list[str]:
         """Questions a student can start from, made from the course's own headings and kept only
         when the pipeline answers them; worked out once per index version."""
-        version = (self.store.count(), self.store.last_write())
+        version = [self.store.count(), self.store.last_write()]
+        saved = self._examples_file()
         with self._examples_lock:
+            if self._examples is None:  # worked out by an earlier run for this index version?
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    kept_before = json.loads(saved.read_text())
+                    self._examples = (kept_before["version"], [str(q) for q in kept_before["questions"]])
             if self._examples is not None and self._examples[0] == version:
                 return list(self._examples[1])
             kept: list[str] = []
@@ -237,6 +248,8 @@ class Assistant:
                     if len(kept) == n:
                         break
             self._examples = (version, kept)
+            with contextlib.suppress(OSError):
+                saved.write_text(json.dumps({"version": version, "questions": kept}))
             return list(kept)
 
     # -- lazily built parts -----------------------------------------------------------------

@@ -504,8 +504,9 @@ def serve(settings: Settings | None = None) -> None:
         print(f"indexed {settings.corpus_dir}: {report.summary()}", file=sys.stderr)
     print("loading models…", file=sys.stderr)
     assistant.warm()
-    # the page's example questions, worked out now rather than while the first visitor waits
-    assistant.example_questions()
+    # the page's example questions (a few answers), worked out while the page starts rather
+    # than while the first visitor waits; kept per index version, so usually read from disk
+    threading.Thread(target=assistant.example_questions, name="examples", daemon=True).start()
     app = build_app(assistant)
     # llama.cpp answers one question at a time; others wait in Gradio's queue (the page shows it)
     limit = 1 if settings.llm == "llamacpp" else 4
