@@ -179,3 +179,18 @@ def test_example_questions_come_from_the_course_and_are_answerable(settings, tmp
     restarted.index([docs])
     del restarted.answer
     assert "What is Sprint review?" in restarted.example_questions()
+
+
+def test_questions_from_headings_read_as_questions_and_take_turns_between_files():
+    from langchain_core.documents import Document
+
+    from scrumbot.api import questions_from_headings
+
+    def chunk(source, heading):
+        return Document(page_content="x", metadata={"source_id": source, "heading": heading})
+
+    chunks = [chunk("a", "The Sprint Retrospective"), chunk("a", "Who attends and how long it takes"),
+              chunk("a", "The Sprint Retrospective"), chunk("b", "Kanban board"),
+              chunk("b", "This heading is far too long to be a topic anyone would ask about."), chunk("b", "")]
+    assert questions_from_headings(chunks) == [
+        "What is the Sprint Retrospective?", "What is Kanban board?", "Who attends and how long it takes?"]

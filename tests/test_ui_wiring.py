@@ -263,3 +263,12 @@ def test_retry_asks_the_last_question_again_without_its_answer(fake_assistant, g
     assert question == QUESTION and rest == []
     with pytest.raises(gr.Error, match="no question"):
         handler(app, "retry")([], request=Visitor())
+
+
+def test_a_markdown_heading_in_a_passage_stays_a_line_of_the_passage():
+    from scrumbot.api import Answer
+    from scrumbot.retrieve import Source
+    from scrumbot.ui import sources_markdown
+
+    panel = sources_markdown(Answer("x", False, [Source("a.md", "# The Sprint\n\nBody\n## Who", 0.5)]))
+    assert "> \\# The Sprint" in panel and "> \\## Who" in panel and "\n# " not in panel

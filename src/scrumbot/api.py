@@ -453,7 +453,7 @@ def questions_from_headings(chunks: Iterable) -> list[str]:
         if heading.endswith("?") or _ASKING.match(heading):
             question = heading.rstrip("?.!") + "?"
         elif len(heading.split()) <= 5 and not heading.endswith((".", "!")):
-            question = f"What is {heading}?"
+            question = f"What is {re.sub(r'^(The|A|An) ', lambda m: m.group(1).lower() + ' ', heading)}?"
         else:
             continue
         per_file.setdefault(chunk.metadata.get("source_id", ""), []).append(question)

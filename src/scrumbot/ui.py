@@ -41,6 +41,9 @@ def citations(answer: Answer) -> str:
     return "\n\n" + "  \n".join(f"[{i}] {html.escape(s.label)}" for i, s in enumerate(answer.sources, 1))
 
 
+_HEADING_MARK = re.compile(r"^(\s*)#")
+
+
 def sources_markdown(answer: Answer | None) -> str:
     if answer is None or not answer.sources:
         if answer is not None and answer.refused:
@@ -48,7 +51,9 @@ def sources_markdown(answer: Answer | None) -> str:
         return NO_SOURCES
     parts = []
     for i, s in enumerate(answer.sources, 1):
-        quoted = "\n".join(f"> {html.escape(line)}" for line in s.text.splitlines() if line.strip())
+        # a Markdown file's "# Heading" stays a line of the passage, not a heading of the panel
+        quoted = "\n".join("> " + _HEADING_MARK.sub(r"\1\\#", html.escape(line))
+                            for line in s.text.splitlines() if line.strip())
         parts.append(f"**[{i}] {html.escape(s.label)}** · score {s.score:.2f}\n\n{quoted}")
     return "\n\n".join(parts)
 
