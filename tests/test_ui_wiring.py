@@ -272,3 +272,16 @@ def test_a_markdown_heading_in_a_passage_stays_a_line_of_the_passage():
 
     panel = sources_markdown(Answer("x", False, [Source("a.md", "# The Sprint\n\nBody\n## Who", 0.5)]))
     assert "> \\# The Sprint" in panel and "> \\## Who" in panel and "\n# " not in panel
+
+
+def test_several_accounts_in_scrumbot_auth_each_masked_and_one_password_may_hold_a_comma():
+    settings = Settings(host="0.0.0.0", auth="anna:pw-anna-1,ben:pw-ben-2", trainers="anna")
+    assert settings.accounts() == [("anna", "pw-anna-1"), ("ben", "pw-ben-2")]
+    check_exposure(settings)
+    masked = settings.mask("login pw-anna-1 then pw-ben-2")
+    assert "pw-anna" not in masked and "pw-ben" not in masked
+    assert settings.redacted()["auth"] == "****"
+    assert Settings(auth="teacher:a,long,password").accounts() == [("teacher", "a,long,password")]
+    from scrumbot.ui import is_trainer
+
+    assert is_trainer(settings, "anna") and not is_trainer(settings, "ben") and not is_trainer(settings, None)

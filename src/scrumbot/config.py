@@ -174,7 +174,6 @@ class Settings:
             text = text.replace(secret, "****")
         return _USERINFO.sub("****@", text)
 
-
     def accounts(self) -> list[tuple[str, str]]:
         """The page's (user, password) pairs from SCRUMBOT_AUTH. Several accounts are separated by
         commas; a value whose comma-separated parts are not all user:password is one account
