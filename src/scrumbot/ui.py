@@ -519,4 +519,6 @@ def serve(settings: Settings | None = None) -> None:
     app.queue(default_concurrency_limit=limit, max_size=64).launch(
         server_name=settings.host, server_port=settings.port, auth=auth, css=CSS,
         show_error=True, footer_links=[], ssr_mode=False, quiet=True,
+        # an upload bigger than the limit is refused before it lands on the disk
+        max_file_size=settings.max_file_mb * 1024 * 1024,
     )
