@@ -366,7 +366,7 @@ def test_page_huge_history_and_lone_surrogates(page):
 
     session = "surrogates1"
     body = ('{"data": ["\\ud800 Who is Braintrust Group? \\udfff", '
-            '[{"role": "user", "content": [{"type": "text", "text": "\\udc80"}]}]], '
+            '[{"role": "user", "content": [{"type": "text", "text": "\\udc80"}]}], "default"], '
             f'"fn_index": {api_fn_index(url)}, "session_hash": "{session}"}}')
     joined = httpx.post(url + "gradio_api/queue/join", content=body, headers={"content-type": "application/json"})
     assert joined.status_code == 200, joined.text

@@ -17,7 +17,7 @@ from conftest import REPO, EchoChatModel, FakeEmbeddings
 from scrumbot import Assistant
 from scrumbot.chain import NOT_COVERED
 
-DOCUMENTED = ("index", "ask", "serve", "status", "eval", "models")
+DOCUMENTED = ("index", "ask", "serve", "status", "courses", "eval", "models")
 
 
 @pytest.fixture
@@ -200,3 +200,33 @@ def test_readme_mentions_every_command():
         assert re.search(rf"\bscrumbot {name}\b", text), f"README.md never shows `scrumbot {name}`"
     for path, _ in all_commands():
         assert " ".join(path) in text, f"README.md never mentions `scrumbot {' '.join(path)}`"
+
+
+def test_courses_index_list_and_remove(run, tmp_path):
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "kanban.md").write_text("# Kanban\n\nKanban limits work in progress on a visible board.\n")
+    assert run("index").exit_code == 0
+    added = run("index", str(extra), "--course", "agile-extras")
+    assert added.exit_code == 0 and "added 1" in added.stdout, added.output
+
+    listed = run("courses")
+    assert re.search(r"^default +1 document\(s\) +\d+ chunks +\(collection scrumbot\)$", listed.stdout, re.M)
+    assert re.search(r"^agile-extras +1 document\(s\) +1 chunks +\(collection scrumbot.agile-extras\)$",
+                     listed.stdout, re.M)
+    as_json = json.loads(run("courses", "--json").stdout)
+    assert [c["course"] for c in as_json] == ["default", "agile-extras"]
+    asked = run("ask", "--course", "agile-extras", "What does Kanban limit?")
+    assert "[1] kanban.md" in asked.stdout and "product-owner-101" not in asked.stdout
+
+    kept = CliRunner().invoke(cli.main, ["courses", "remove", "agile-extras"], input="n\n")
+    assert kept.exit_code == 1 and "Aborted" in kept.output
+    removed = run("courses", "remove", "agile-extras", "--yes")
+    assert removed.exit_code == 0 and "Removed course 'agile-extras': 1 document(s), 1 chunks." in removed.stdout
+    assert [c["course"] for c in json.loads(run("courses", "--json").stdout)] == ["default"]
+
+    missing = run("courses", "remove", "agile-extras", "--yes")
+    assert missing.exit_code == 1 and "There is no course 'agile-extras'" in missing.output
+    bad = run("index", str(extra), "--course", "Bad Name")
+    assert bad.exit_code == 1 and "cannot name a course" in bad.output
+    no_traceback(bad)

@@ -23,6 +23,7 @@ import pytest
 from _pytest.fixtures import FixtureFunctionDefinition
 
 import test_api
+import test_courses
 import test_store
 from conftest import CORPUS, REAL_MODELS_DIR, REPO, EchoChatModel, FakeEmbeddings
 from scrumbot import Assistant, Settings
@@ -57,7 +58,7 @@ def settings(tmp_path: Path, chroma) -> Settings:
 EMBEDDED_ONLY = {
     "test_foreign_folder_as_index_dir_is_refused_and_kept",  # the server has no index folder to guard
 }
-for _module in (test_store, test_api):
+for _module in (test_store, test_api, test_courses):
     for _name, _obj in vars(_module).items():
         is_test = _name.startswith("test_") and callable(_obj)
         is_fixture = isinstance(_obj, FixtureFunctionDefinition) and _name != "settings"

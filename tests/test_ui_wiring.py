@@ -36,13 +36,13 @@ def test_build_app_wires_the_ask_endpoint(fake_assistant, gr):
     assert isinstance(app, gr.Blocks)
     fns = {fn.api_name: fn for fn in app.fns.values()}
     ask = fns["ask"]
-    assert [c.elem_id for c in ask.inputs] == ["question", "chat"]
+    assert [c.elem_id for c in ask.inputs] == ["question", "chat", "course"]
     assert [c.elem_id for c in ask.outputs] == ["question", "chat", "sources"]
     assert ask.fn.__name__ == "respond" and ask.api_visibility == "public"
-    # Enter in the textbox runs the same handler, without a second public endpoint
-    submit = [fn for fn in app.fns.values() if fn.fn is not None and fn.fn.__name__ == "respond"
+    # Enter in the textbox and Retry run the same handler, without a second public endpoint
+    others = [fn for fn in app.fns.values() if fn.fn is not None and fn.fn.__name__ == "respond"
               and fn is not ask]
-    assert len(submit) == 1 and submit[0].api_visibility == "private"
+    assert len(others) == 2 and all(fn.api_visibility == "private" for fn in others)
 
 
 def test_respond_streams_answer_with_citations_and_sources(fake_assistant):
@@ -146,3 +146,142 @@ def test_network_exposure_with_auth_or_explicit_opt_out(caplog):
     assert "WITHOUT AUTHENTICATION" not in caplog.text
     check_exposure(Settings.from_env({"SCRUMBOT_HOST": "0.0.0.0", "SCRUMBOT_ALLOW_UNAUTHENTICATED": "1"}))
     assert "WITHOUT AUTHENTICATION" in caplog.text
+
+
+# -- the workspace: courses, documents, stop, export ---------------------------------------------
+
+
+class Visitor:
+    """What Gradio hands a handler as gr.Request: the session and the logged-in account."""
+
+    def __init__(self, username: str | None = None, session_hash: str = "s1"):
+        self.username, self.session_hash = username, session_hash
+
+
+def test_every_handler_that_takes_the_request_gets_it_from_gradio(fake_assistant, gr):
+    import inspect
+
+    from gradio.utils import get_type_hints
+
+    app = build_app(fake_assistant)
+    takers = [fn.fn for fn in app.fns.values() if fn.fn is not None
+              and "request" in inspect.signature(fn.fn).parameters]
+    assert {f.__name__ for f in takers} >= {"respond", "stop", "upload", "remove", "reindex", "export", "on_load"}
+    assert all(get_type_hints(f).get("request") is gr.Request for f in takers)
+
+
+def handler(app, name: str):
+    return next(fn.fn for fn in app.fns.values() if fn.fn is not None and fn.fn.__name__ == name)
+
+
+def test_only_a_trainer_may_upload_remove_or_reindex(settings, tmp_path, gr):
+    bot = Assistant(settings.replace(auth="trainer:pw-one,student:pw-two", trainers="trainer", min_score=0.2),
+                    embeddings=FakeEmbeddings(), embedder_name="fake", llm=EchoChatModel())
+    app = build_app(bot)
+    handout = tmp_path / "handout.md"
+    handout.write_text("# Kanban\n\nKanban limits work in progress on a board.\n")
+    for name, args in (("upload", ([str(handout)], "default")), ("remove", (["x::y"], "default")),
+                       ("reindex", ("default",))):
+        for visitor in (Visitor("student"), Visitor(None), None):
+            with pytest.raises(gr.Error, match="Only a trainer"):
+                handler(app, name)(*args, request=visitor)
+    assert bot.store.count() == 0 and not settings.course_files().exists()
+
+    summary, *_ = handler(app, "upload")([str(handout)], "kanban", request=Visitor("trainer"))
+    assert "kanban**: added 1" in summary
+    assert [d["source"] for d in bot.for_course("kanban").documents()] == ["handout.md"]
+    # a student cannot conjure a course by naming one
+    with pytest.raises(gr.Error, match="no course 'nope'"):
+        run_respond(lambda m, c: handler(app, "respond")(m, c, "nope", request=Visitor("student")),
+                    "What is kanban?", [])
+    assert "nope" not in bot._courses
+
+
+STREAMED: list[int] = []  # how many words each SlowEcho stream gave before it ended
+
+
+class SlowEcho(EchoChatModel):
+    """The echo model repeating its answer 50 times: a long answer to stop."""
+
+    def _stream(self, messages, stop=None, run_manager=None, **kw):
+        from langchain_core.messages import AIMessageChunk
+        from langchain_core.outputs import ChatGenerationChunk
+
+        STREAMED.append(0)
+        for i, word in enumerate(self._reply(messages).split(" ") * 50):
+            STREAMED[-1] += 1
+            yield ChatGenerationChunk(message=AIMessageChunk(content=("" if i == 0 else " ") + word))
+
+
+def test_stop_keeps_the_partial_answer_closes_the_model_stream_and_frees_the_model(settings, corpus):
+    from scrumbot.ui import Sessions
+
+    bot = Assistant(settings.replace(min_score=0.2), embeddings=FakeEmbeddings(), embedder_name="fake",
+                    llm=SlowEcho())
+    bot.index()
+    sessions = Sessions()
+    respond = make_respond(bot, sessions)
+    steps = []
+    for step in respond(QUESTION, [], None, Visitor()):
+        steps.append(copy.deepcopy(step))
+        if len(steps) == 3:
+            sessions.get(Visitor()).stop.set()
+    final = steps[-1][1][-1]["content"]
+    assert final.endswith("*(stopped)*") and final.startswith("Braintrust")
+    assert "[1] " not in final  # an unfinished answer carries no citations
+    assert STREAMED[0] < 20  # the model's stream ended long before its last word (~450)
+    assert not bot._generate_lock.locked()
+    assert sessions.get(Visitor()).answers[-1]["stopped"] is True
+    # the next question is answered in full
+    again = run_respond(lambda m, c: respond(m, c, None, Visitor()), "Who is Braintrust Group?", [])
+    assert "[1] product-owner-101.txt" in again[-1][1][-1]["content"]
+
+
+def test_export_writes_the_conversation_with_citations_and_passages(fake_assistant):
+    import json
+
+    from scrumbot.ui import Sessions, export_files
+
+    fake_assistant.index()
+    sessions = Sessions()
+    respond = make_respond(fake_assistant, sessions)
+    run_respond(lambda m, c: respond(m, c, None, Visitor()), QUESTION, [])
+    md_path, json_path = export_files(sessions.get(Visitor()).answers)
+    md = Path(md_path).read_text()
+    assert f"## 1. {QUESTION}" in md and ANSWER in md
+    assert "[1] product-owner-101.txt" in md and f"> {ANSWER}" in md
+    turns = json.loads(Path(json_path).read_text())["turns"]
+    assert turns[0]["question"] == QUESTION and ANSWER in turns[0]["answer"]
+    assert turns[0]["sources"][0]["source"] == "product-owner-101.txt" and ANSWER in turns[0]["sources"][0]["text"]
+
+
+def test_retry_asks_the_last_question_again_without_its_answer(fake_assistant, gr):
+    fake_assistant.index()
+    app = build_app(fake_assistant)
+    chat = run_respond(make_respond(fake_assistant), QUESTION, [])[-1][1]
+    question, rest = handler(app, "retry")(chat, request=Visitor())
+    assert question == QUESTION and rest == []
+    with pytest.raises(gr.Error, match="no question"):
+        handler(app, "retry")([], request=Visitor())
+
+
+def test_a_markdown_heading_in_a_passage_stays_a_line_of_the_passage():
+    from scrumbot.api import Answer
+    from scrumbot.retrieve import Source
+    from scrumbot.ui import sources_markdown
+
+    panel = sources_markdown(Answer("x", False, [Source("a.md", "# The Sprint\n\nBody\n## Who", 0.5)]))
+    assert "> \\# The Sprint" in panel and "> \\## Who" in panel and "\n# " not in panel
+
+
+def test_several_accounts_in_scrumbot_auth_each_masked_and_one_password_may_hold_a_comma():
+    settings = Settings(host="0.0.0.0", auth="anna:pw-anna-1,ben:pw-ben-2", trainers="anna")
+    assert settings.accounts() == [("anna", "pw-anna-1"), ("ben", "pw-ben-2")]
+    check_exposure(settings)
+    masked = settings.mask("login pw-anna-1 then pw-ben-2")
+    assert "pw-anna" not in masked and "pw-ben" not in masked
+    assert settings.redacted()["auth"] == "****"
+    assert Settings(auth="teacher:a,long,password").accounts() == [("teacher", "a,long,password")]
+    from scrumbot.ui import is_trainer
+
+    assert is_trainer(settings, "anna") and not is_trainer(settings, "ben") and not is_trainer(settings, None)

@@ -9,7 +9,9 @@ Everything heavy (embedder, Chroma, the LLM) is created on first use and kept.""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import re
 import threading
 import time
@@ -23,15 +25,19 @@ from langchain_core.language_models.chat_models import BaseChatModel
 
 from .chain import (NOT_COVERED, SYSTEM, YES_NO, build_chain, chain_inputs, extractive_answer, is_refusal,
                     judge_messages, standalone_question)
-from .config import Settings, apply_offline_env
+from .config import DEFAULT_COURSE, Settings, apply_offline_env, check_course
 from .errors import BadQuestionError, ConfigError, ScrumbotError
 from .models import EMBEDDER_NAME, embedder_path
 from .guard import Grounding, clean_passages
 from .retrieve import Retriever, Source
+from .ingest import SkipFile, upload_name
 from .store import IndexReport, Store
 
 apply_offline_env()
 log = logging.getLogger("scrumbot.api")
+# LangChain logs every exception a callback raises; a stopped answer is not an error
+logging.getLogger("langchain_core.callbacks.manager").addFilter(
+    lambda record: "GenerationStopped" not in record.getMessage())
 
 History = list[tuple[str, str]]
 
@@ -107,6 +113,148 @@ class Assistant:
         self._init_lock = threading.Lock()
         # llama.cpp is not safe to call from several threads: one generation at a time.
         self._generate_lock = threading.Lock()
+        self._courses: dict[str, Assistant] = {}  # the other courses, sharing embedder and model
+        self._examples: tuple[tuple, list[str]] | None = None  # (index version, questions)
+        self._examples_lock = threading.Lock()
+
+    # -- courses ----------------------------------------------------------------------------
+
+    @property
+    def course(self) -> str:
+        return self.settings.course
+
+    def for_course(self, course: str | None) -> "Assistant":
+        """The assistant of another course of this install: its own index, this one's embedder,
+        model and model lock (one generation at a time across all courses)."""
+        if not course or course == self.course:
+            return self
+        course = _course_name(course)
+        with self._init_lock:
+            other = self._courses.get(course)
+        if other is None:
+            other = Assistant(self.settings.replace(course=course),
+                              embeddings=_OnFirstUse(lambda: self.embeddings),
+                              embedder_name=self.embedder_name, llm=self.llm)
+            other._generate_lock = self._generate_lock
+            with self._init_lock:
+                other = self._courses.setdefault(course, other)
+        return other
+
+    def courses(self) -> list[dict]:
+        """Every course of this install: {"course", "collection", "documents", "chunks"}."""
+        return self.store.courses()
+
+    def remove_course(self, course: str | None = None) -> dict:
+        """Delete a course: its chunks, its records and the files uploaded to it."""
+        target = self.for_course(course)
+        held = target.store.remove_course()
+        target._examples_file().unlink(missing_ok=True)
+        files = self.settings.course_files(target.course)
+        if files.is_dir():
+            import shutil
+
+            shutil.rmtree(files.parent)
+        with self._init_lock:
+            self._courses.pop(target.course, None)
+        return held
+
+    # -- the course's documents -------------------------------------------------------------
+
+    def documents(self) -> list[dict]:
+        """The course's files: source, root, chunks, indexed_at (epoch s or None), uploaded."""
+        files = self.settings.course_files().resolve().as_posix()
+        return [{**d, "uploaded": d["root"] == files} for d in self.store.documents()]
+
+    def add_files(self, files: Iterable[tuple[str, Path | str]],
+                  progress: Callable[[int, int], None] | None = None) -> IndexReport:
+        """Store uploaded files in the course's folder (settings.course_files()) and index them.
+
+        `files` are (name the client gave, where the bytes are now). A file whose name cannot be
+        made safe, of a type scrumbot cannot read or bigger than SCRUMBOT_MAX_FILE_MB is refused:
+        it is listed in report.skipped with the reason, and nothing of it is stored."""
+        import shutil
+
+        folder = self.settings.course_files()
+        limit = self.settings.max_file_mb * 1024 * 1024
+        refused: list[tuple[str, str]] = []
+        notes: list[tuple[str, str]] = []
+        saved: list[Path] = []
+        for name, location in files:
+            shown = (name if isinstance(name, str) else "?").replace("\x00", "\\0")[:200]
+            try:
+                safe, note = upload_name(name)
+                size = Path(location).stat().st_size
+                if size > limit:
+                    raise SkipFile(f"{size / 2**20:.1f} MB, larger than the {self.settings.max_file_mb} MB "
+                                   "limit (SCRUMBOT_MAX_FILE_MB raises it)")
+                if size == 0:
+                    raise SkipFile("empty file")
+            except SkipFile as why:
+                refused.append((shown, str(why)))
+                continue
+            except OSError as err:
+                refused.append((shown, f"cannot read the upload: {err.strerror or err}"))
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{safe}.part"  # hidden: an index run never reads a half-copied file
+            shutil.copyfile(location, tmp)
+            os.replace(tmp, folder / safe)
+            saved.append(folder / safe)
+            if note:
+                notes.append((shown, note))
+        report = self.store.index(saved, progress=progress) if saved else IndexReport()
+        report.skipped = refused + report.skipped
+        report.notes = notes
+        return report
+
+    def remove_documents(self, source_ids: Iterable[str]) -> IndexReport:
+        """Take files out of the course's index; an uploaded file is deleted from its folder too
+        (a file of a folder indexed from the CLI stays on disk: the next `scrumbot index` of that
+        folder adds it again)."""
+        source_ids = list(source_ids)
+        report = self.store.remove_files(source_ids)
+        uploaded = self.settings.course_files().resolve()
+        for sid in source_ids:
+            root, _, rel = sid.partition("::")
+            if Path(root) == uploaded and "/" not in rel:
+                (uploaded / rel).unlink(missing_ok=True)
+        return report
+
+    def reindex(self, progress: Callable[[int, int], None] | None = None) -> IndexReport:
+        """Index again every folder the course holds files from (incremental: what changed)."""
+        roots = sorted({d["root"] for d in self.store.documents()} | {self.settings.course_files().resolve().as_posix()})
+        return self.store.index([Path(r) for r in roots if Path(r).is_dir()], progress=progress)
+
+    def _examples_file(self) -> Path:
+        records = self.store.records_path  # records.sqlite -> examples.json, records-x -> examples-x
+        return records.with_name(records.stem.replace("records", "examples", 1) + ".json")
+
+    def example_questions(self, n: int = 3, tries: int = 8) -> list[str]:
+        """Questions a student can start from, made from the course's own headings and kept only
+        when the pipeline answers them; worked out once per index version."""
+        version = [self.store.count(), self.store.last_write()]
+        saved = self._examples_file()
+        with self._examples_lock:
+            if self._examples is None:  # worked out by an earlier run for this index version?
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    kept_before = json.loads(saved.read_text())
+                    self._examples = (kept_before["version"], [str(q) for q in kept_before["questions"]])
+            if self._examples is not None and self._examples[0] == version:
+                return list(self._examples[1])
+            kept: list[str] = []
+            if version[0]:
+                for question in questions_from_headings(self.store.all_chunks())[:tries]:
+                    try:
+                        if not self.answer(question).refused:
+                            kept.append(question)
+                    except ScrumbotError as err:
+                        log.warning("example question %r not kept: %s", question, err)
+                    if len(kept) == n:
+                        break
+            self._examples = (version, kept)
+            with contextlib.suppress(OSError):
+                saved.write_text(json.dumps({"version": version, "questions": kept}))
+            return list(kept)
 
     # -- lazily built parts -----------------------------------------------------------------
 
@@ -185,11 +333,14 @@ class Assistant:
             pass
         return final
 
-    def stream(self, question: str, history: History | None = None) -> Iterator[Answer]:
+    def stream(self, question: str, history: History | None = None,
+               stop: threading.Event | None = None) -> Iterator[Answer]:
         """Yields growing Answer snapshots (done=False) and finally the complete Answer.
 
         retrieve -> read (what the model sees) -> judge (do the passages answer it?) ->
-        generate -> verify (every sentence grounded); the stage that refuses says why."""
+        generate -> verify (every sentence grounded); the stage that refuses says why.
+        Setting `stop` ends the stream after the model's next token, without a final Answer:
+        the model's own stream is closed and the model is free for the next question."""
         t0 = time.perf_counter()
         question = clean_question(question, self.settings.max_question_chars)
         history = clean_history(history, self.settings)
@@ -232,7 +383,7 @@ class Assistant:
         partial = Answer("", False, passages, question, False, timings, scores=scores)
         yield partial
         text = shown = ""
-        for piece in self._generate(retrieval.query, focused, context, inputs):
+        for piece in self._generate(retrieval.query, focused, context, inputs, stop):
             if not text:
                 timings["first_token_s"] = round(time.perf_counter() - t0, 4)
             text += piece
@@ -240,6 +391,8 @@ class Assistant:
             if visible != shown and visible.startswith(shown):  # never take back what was shown
                 shown = visible
                 yield replace(partial, text=shown)
+        if stop is not None and stop.is_set():
+            return  # stopped: what was shown is all there is, unchecked, so no final Answer
         text = text.strip()
         # verify
         if not text or is_refusal(text):
@@ -297,13 +450,22 @@ class Assistant:
         OpenAI-compatible server queues or batches requests itself."""
         return self._generate_lock if self.settings.llm != "openai" else contextlib.nullcontext()
 
-    def _generate(self, question: str, passages: list[Source], history: History, inputs: dict) -> Iterator[str]:
+    def _generate(self, question: str, passages: list[Source], history: History, inputs: dict,
+                  stop: threading.Event | None = None) -> Iterator[str]:
         if self.settings.llm == "extractive":
-            yield from extractive_answer(question, passages, self.embeddings)
+            for piece in extractive_answer(question, passages, self.embeddings):
+                if stop is not None and stop.is_set():
+                    return
+                yield piece
             return
+        # Stopping ends the model's own stream at its next token. Closing the chain's stream
+        # would not: LangChain reads the model's stream to its end when its consumer stops.
+        config = {"callbacks": [_StopAtNextToken(stop)]} if stop is not None else None
         with self._model_turn():
             try:
-                yield from self.chain.stream(inputs)
+                yield from self.chain.stream(inputs, config=config)
+            except GenerationStopped:
+                return
             except ScrumbotError:
                 raise
             except Exception as err:
@@ -312,6 +474,59 @@ class Assistant:
 
                     raise explain_openai_error(err, self.settings) from err
                 raise
+
+
+_ASKING = re.compile(r"(?i)(what|who|whom|whose|which|when|where|why|how|is|are|can|could|do|does|"
+                     r"should|will|would)\b")
+
+
+def questions_from_headings(chunks: Iterable) -> list[str]:
+    """Candidate questions from the headings chunks sit under, one file at a time in turn (so
+    the first few cover several documents): a heading phrased as a question is asked as it is,
+    a short topic as "What is <topic>?"."""
+    per_file: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for chunk in chunks:
+        heading = " ".join(str(chunk.metadata.get("heading") or "").split()).strip(" :-#")
+        if not heading or heading.lower() in seen or len(heading) > 80:
+            continue
+        seen.add(heading.lower())
+        if heading.endswith("?") or _ASKING.match(heading):
+            question = heading.rstrip("?.!") + "?"
+        elif len(heading.split()) <= 5 and not heading.endswith((".", "!")):
+            question = f"What is {re.sub(r'^(The|A|An) ', lambda m: m.group(1).lower() + ' ', heading)}?"
+        else:
+            continue
+        per_file.setdefault(chunk.metadata.get("source_id", ""), []).append(question)
+    queues = [per_file[k] for k in sorted(per_file)]
+    out: list[str] = []
+    while any(queues):
+        out += [q.pop(0) for q in queues if q]
+    return out
+
+
+def _course_name(course: str) -> str:
+    try:
+        return check_course(course)
+    except ValueError as err:
+        raise ConfigError(str(err), "Pick an existing course, or type a new name in that form.") from None
+
+
+class GenerationStopped(Exception):
+    """The reader of an answer asked it to stop (raised inside the model's stream)."""
+
+
+def _StopAtNextToken(stop: threading.Event):
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class StopAtNextToken(BaseCallbackHandler):
+        raise_error = True  # so that the exception ends the model's stream instead of being logged
+
+        def on_llm_new_token(self, token, **kwargs) -> None:
+            if stop.is_set():
+                raise GenerationStopped()
+
+    return StopAtNextToken()
 
 
 def clean_question(question: str, max_chars: int) -> str:
@@ -361,13 +576,14 @@ def default_assistant() -> Assistant:
         return _default
 
 
-def answer(question: str, history: History | None = None) -> Answer:
-    """Answer one question from the default index with the default settings (SCRUMBOT_*)."""
-    return default_assistant().answer(question, history)
+def answer(question: str, history: History | None = None, course: str | None = None) -> Answer:
+    """Answer one question with the default settings (SCRUMBOT_*), from `course` (default:
+    SCRUMBOT_COURSE, else the default course)."""
+    return default_assistant().for_course(course).answer(question, history)
 
 
-def stream(question: str, history: History | None = None) -> Iterator[Answer]:
+def stream(question: str, history: History | None = None, course: str | None = None) -> Iterator[Answer]:
     """Like answer(), yielding growing snapshots while the model writes."""
-    return default_assistant().stream(question, history)
+    return default_assistant().for_course(course).stream(question, history)
 
 

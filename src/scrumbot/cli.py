@@ -54,16 +54,20 @@ def main() -> None:
     Configure with SCRUMBOT_* environment variables (see `scrumbot status` and the README)."""
 
 
+COURSE_HELP = "The course to use (default: SCRUMBOT_COURSE, else 'default'); see `scrumbot courses`."
+
+
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--rebuild", is_flag=True, help="Forget the whole index and embed everything again.")
+@click.option("--course", help=COURSE_HELP + " A new name starts a new course.")
+@click.option("--rebuild", is_flag=True, help="Forget the course's whole index and embed everything again.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def index(paths: tuple[Path, ...], rebuild: bool, as_json: bool) -> None:
+def index(paths: tuple[Path, ...], course: str | None, rebuild: bool, as_json: bool) -> None:
     """Index documents (.txt .md .pdf .html .docx) from PATHS (default: the corpus folder).
 
     Incremental: new files are added, changed files re-embedded, files deleted from a folder
     removed from the index; everything indexed from other paths is left alone."""
-    settings = _settings()
+    settings = _settings(course=course)
     assistant = _assistant(settings)
     from tqdm import tqdm
 
@@ -96,9 +100,10 @@ def index(paths: tuple[Path, ...], rebuild: bool, as_json: bool) -> None:
 @click.argument("question")
 @click.option("--json", "as_json", is_flag=True, help="Print answer, refused and sources as JSON.")
 @click.option("--llm", type=click.Choice(["llamacpp", "openai", "extractive"]), help="Override SCRUMBOT_LLM.")
-def ask(question: str, as_json: bool, llm: str | None) -> None:
+@click.option("--course", help=COURSE_HELP)
+def ask(question: str, as_json: bool, llm: str | None, course: str | None) -> None:
     """Answer QUESTION from the indexed course material."""
-    assistant = _assistant(_settings(llm=llm))
+    assistant = _assistant(_settings(llm=llm, course=course))
     if as_json:
         click.echo(json.dumps(assistant.answer(question).as_dict(), indent=2, ensure_ascii=False))
         return
@@ -130,15 +135,52 @@ def serve(host: str | None, port: int | None) -> None:
     run_server(_settings(host=host, port=port))
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def status(as_json: bool) -> None:
+@click.pass_context
+def courses(ctx: click.Context, as_json: bool) -> None:
+    """List the courses of this install, with their document and chunk counts."""
+    if ctx.invoked_subcommand is not None:
+        return
+    found = _assistant(_settings()).courses()
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    if not found:
+        click.echo("No course is indexed yet: run `scrumbot index` (or `scrumbot index PATH --course NAME`).")
+    for c in found:
+        click.echo(f"{c['course']:<24} {c['documents']:>4} document(s) {c['chunks']:>7} chunks   "
+                   f"(collection {c['collection']})")
+
+
+@courses.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def courses_remove(name: str, yes: bool) -> None:
+    """Delete course NAME: its chunks, its record of indexed files and the files uploaded to it."""
+    assistant = _assistant(_settings(course=name))
+    known = {c["course"]: c for c in assistant.courses()}
+    if name not in known:
+        raise click.ClickException(f"There is no course {name!r}. `scrumbot courses` lists them.")
+    c = known[name]
+    if not yes:
+        click.confirm(f"Delete course {name!r} ({c['documents']} document(s), {c['chunks']} chunks)?",
+                      abort=True)
+    held = assistant.remove_course()
+    click.echo(f"Removed course {name!r}: {held['documents']} document(s), {held['chunks']} chunks.")
+
+
+@main.command()
+@click.option("--course", help=COURSE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def status(course: str | None, as_json: bool) -> None:
     """What is indexed, by which embedder, where, and which LLM answers."""
-    info = _assistant(_settings()).status()
+    info = _assistant(_settings(course=course)).status()
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
     idx = info["index"]
+    click.echo(f"course:   {info['settings']['course']}")
     click.echo(f"index:    {idx['location']} ({'exists' if idx['exists'] else 'missing: run `scrumbot index`'})")
     click.echo(f"embedder: {idx.get('embedder') or info['embedder']}")
     click.echo(f"llm:      {info['llm']}")

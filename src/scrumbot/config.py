@@ -65,6 +65,10 @@ class Settings:
     corpus_dir: Path = field(default_factory=_default_corpus)
     models_dir: Path = field(default_factory=lambda: _cache_home() / "models")
     collection: str = "scrumbot"
+    # the course questions are answered from and `index` writes to (see course_collection())
+    course: str = "default"
+    # where the page keeps uploaded files, one folder per course; unset: "courses" beside index_dir
+    courses_dir: Path | None = None
     # Chroma server instead of the embedded store: "http://host:port"
     chroma_url: str | None = None
     chroma_token: str | None = None  # sent as "Authorization: Bearer <token>"
@@ -114,7 +118,8 @@ class Settings:
     # serving
     host: str = "127.0.0.1"
     port: int = 7860
-    auth: str | None = None  # "user:password" for the web page
+    # accounts of the web page: "user:password", or several as "user:password,user2:password2"
+    auth: str | None = None
     # accounts (of SCRUMBOT_AUTH) that may change courses and read the trainer report, comma-
     # separated; unset: every account. Without SCRUMBOT_AUTH only a page on loopback is a trainer's.
     trainers: str | None = None
@@ -140,6 +145,9 @@ class Settings:
             value = getattr(self, name)
             if not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value).expanduser())
+        if self.courses_dir is not None and not isinstance(self.courses_dir, Path):
+            object.__setattr__(self, "courses_dir", Path(self.courses_dir).expanduser())
+        check_course(self.course)
         if self.llm not in ("llamacpp", "openai", "extractive"):
             raise ValueError(f"SCRUMBOT_LLM must be llamacpp, openai or extractive, not {self.llm!r}")
 
@@ -162,6 +170,7 @@ class Settings:
                 secrets += [userinfo.group()[:-1], userinfo.group()[:-1].partition(":")[2]]
         if self.auth and ":" in self.auth:
             secrets.append(self.auth.split(":", 1)[1])
+            secrets += [password for _, password in self.accounts()]
         if self.chroma_headers:
             try:
                 secrets += [str(v) for v in json.loads(self.chroma_headers).values()]
@@ -170,6 +179,44 @@ class Settings:
         for secret in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
             text = text.replace(secret, "****")
         return _USERINFO.sub("****@", text)
+
+    def accounts(self) -> list[tuple[str, str]]:
+        """The page's (user, password) pairs from SCRUMBOT_AUTH. Several accounts are separated by
+        commas; a value whose comma-separated parts are not all user:password is one account
+        whose password holds a comma (as `user:password` always meant)."""
+        if not self.auth:
+            return []
+        parts = self.auth.split(",")
+        if len(parts) > 1 and all(re.fullmatch(r"[^:,\s]+:.+", p.strip()) for p in parts):
+            return [tuple(p.strip().split(":", 1)) for p in parts]  # type: ignore[misc]
+        return [tuple(self.auth.split(":", 1))] if ":" in self.auth else []  # type: ignore[list-item]
+
+    def course_collection(self, course: str | None = None) -> str:
+        """The Chroma collection holding `course`: the default course is SCRUMBOT_COLLECTION
+        itself (the collection every index had before courses existed), course X is
+        "<SCRUMBOT_COLLECTION>.X". SCRUMBOT_COLLECTION thus names one install's set of courses,
+        and two installs sharing a Chroma server keep theirs apart by choosing different ones."""
+        course = check_course(course or self.course)
+        return self.collection if course == DEFAULT_COURSE else f"{self.collection}.{course}"
+
+
+    def course_files(self, course: str | None = None) -> Path:
+        """The folder holding the files uploaded to `course` from the page."""
+        base = self.courses_dir or self.index_dir.parent / "courses"
+        return base / check_course(course or self.course) / "files"
+
+
+DEFAULT_COURSE = "default"
+_COURSE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+
+
+def check_course(name: str) -> str:
+    """`name` if it can name a course (a Chroma collection and a folder on every system)."""
+    if not isinstance(name, str) or not _COURSE_NAME.fullmatch(name):
+        raise ValueError(
+            f"{name!r} cannot name a course: use 1-40 lowercase letters, digits, '-' and '_', "
+            "starting with a letter or digit (like csm-2025).")
+    return name
 
 
 def _parse(f: dataclasses.Field, raw: str) -> Any:

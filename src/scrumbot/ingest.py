@@ -52,6 +52,35 @@ def resolve_root(path: Path) -> Path:
     return path if path.is_dir() else path.parent
 
 
+_WINDOWS_DEVICES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+
+
+def upload_name(name: str) -> tuple[str, str]:
+    """The name an uploaded file is stored under, and a note when it differs from what the
+    browser sent; raises SkipFile with the reason when no safe name can be made.
+
+    Only the base name is kept: a client may send any path ("../../etc/passwd", "C:\\x.md"),
+    and none of it decides where the file goes. Characters beyond letters, digits, '.', '-',
+    '_' and spaces become '_'; a leading dot (a hidden file, which `discover` passes over) is
+    dropped."""
+    if not isinstance(name, str) or "\x00" in name:
+        raise SkipFile("the file name contains a NUL byte; rename the file and upload it again")
+    base = name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    safe = re.sub(r"[^\w.\- ]", "_", base, flags=re.ASCII).strip(" .")
+    safe = re.sub(r"\.{2,}", ".", safe)
+    if not safe or not Path(safe).stem.strip("_"):
+        raise SkipFile(f"{name!r} is not a usable file name; rename the file and upload it again")
+    if Path(safe).stem.lower() in _WINDOWS_DEVICES:
+        raise SkipFile(f"{safe!r} is a reserved device name; rename the file and upload it again")
+    if len(safe) > 120:
+        stem, suffix = Path(safe).stem, Path(safe).suffix
+        safe = stem[:120 - len(suffix)] + suffix
+    if Path(safe).suffix.lower() not in SUPPORTED:
+        raise SkipFile(f"unsupported type {Path(safe).suffix or '(none)'} (scrumbot reads {' '.join(SUPPORTED)})")
+    note = "" if safe == name else f"saved as {safe}: folders in the name are dropped, unusual characters replaced"
+    return safe, note
+
+
 def discover(path: Path, max_bytes: int = MAX_FILE_BYTES) -> tuple[list[SourceFile], list[tuple[str, str]]]:
     """Indexable files under `path` (a folder or one file) and (name, reason) for the rest."""
     path = path.expanduser()

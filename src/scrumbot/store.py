@@ -12,7 +12,13 @@ first (the slow part, minutes), and only then written, one path at a time, in on
 with Ctrl-C held until the batch is written. A run killed while writing leaves a journal
 (UNFINISHED) that makes the next run redo those files. Every write is stamped (LAST_WRITE) so an
 app serving from the same folder in another process re-opens the index: Chroma's embedded client
-keeps searching its in-memory vectors otherwise, never seeing the new content."""
+keeps searching its in-memory vectors otherwise, never seeing the new content.
+
+An install holds several courses (Settings.course): each is its own collection
+(Settings.course_collection) with its own record of indexed files and its own journal, so a
+question in one course never finds another's passages and removing a course removes all of it.
+The default course keeps the names an index had before courses existed. The lock and the write
+stamp stay per folder: one writer at a time, whichever course it writes."""
 
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from typing import Callable, Iterable
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
-from .config import Settings, without_credentials
+from .config import DEFAULT_COURSE, Settings, without_credentials
 from .errors import (ConfigError, DiskFullError, EmbedderMismatchError, IndexBusyError,
                      IndexCorruptError, IndexMissingError, ScrumbotError, StoreUnavailableError)
 from .ingest import INGEST_VERSION, SkipFile, discover, load_chunks, resolve_root
@@ -55,6 +61,7 @@ class IndexReport:
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (file, what was done to it)
     chunks_embedded: int = 0
     chunks_deleted: int = 0
     seconds: float = 0.0
@@ -70,6 +77,8 @@ class IndexReport:
             lines.append("Nothing changed: nothing was embedded.")
         for name, why in self.skipped:
             lines.append(f"  skipped {name}: {why}")
+        for name, note in self.notes:
+            lines.append(f"  {name}: {note}")
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
@@ -223,6 +232,8 @@ class Store:
         self.settings = settings
         self.embeddings = embeddings
         self.embedder_name = embedder_name
+        self.course = settings.course
+        self.collection_name = settings.course_collection()
         self._client = None
         self._vectorstore = None
         self._seen_write: float | None = None  # the LAST_WRITE stamp when the client was opened
@@ -283,7 +294,7 @@ class Store:
     def _collection(self, create: bool):
         """The Chroma collection, checked for the right embedder; None if absent and not create."""
         client = self.client()
-        name = self.settings.collection
+        name = self.collection_name
         try:
             collection = client.get_collection(name)
         except Exception as err:  # chromadb raises NotFoundError (a ValueError subclass in 1.x)
@@ -340,12 +351,21 @@ class Store:
             d.mkdir(parents=True, exist_ok=True)
             (d / MARKER).write_text(json.dumps({"format": INDEX_FORMAT}))
         d.mkdir(parents=True, exist_ok=True)
-        rm = SQLRecordManager(
-            f"{self.settings.collection}:{root}",
-            db_url=f"sqlite:///{self.settings.index_dir / 'records.sqlite'}",
-        )
+        rm = SQLRecordManager(f"{self.collection_name}:{root}", db_url=f"sqlite:///{self.records_path}")
         rm.create_schema()
         return rm
+
+    @property
+    def records_path(self) -> Path:
+        """This course's record of indexed chunks (the default course's is the original file)."""
+        suffix = "" if self.course == DEFAULT_COURSE else f"-{self.course}"
+        return self.settings.index_dir / f"records{suffix}.sqlite"
+
+    @property
+    def _journal(self) -> Path:
+        if self.course == DEFAULT_COURSE:
+            return self.settings.index_dir / UNFINISHED
+        return self.settings.index_dir / UNFINISHED.replace(".json", f"-{self.course}.json")
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -402,6 +422,96 @@ class Store:
             "sources": {root: dict(files) for root, files in per_root.items()},
         }
 
+    @_server_errors
+    def documents(self) -> list[dict]:
+        """The course's files: where from, how many chunks, when last indexed (epoch seconds, or
+        None when this instance's records do not say: written by another instance)."""
+        collection = self._collection(create=False)
+        if collection is None:
+            return []
+        per_file: dict[str, dict] = {}
+        for meta in collection.get(include=["metadatas"])["metadatas"]:
+            entry = per_file.setdefault(meta.get("source_id", "?"), {
+                "source": meta.get("source", "?"), "root": meta.get("root", "?"), "chunks": 0})
+            entry["chunks"] += 1
+        indexed = self._indexed_at()
+        return sorted(({**e, "source_id": sid, "indexed_at": indexed.get(sid)} for sid, e in per_file.items()),
+                      key=lambda e: (e["root"], e["source"]))
+
+    def _indexed_at(self) -> dict[str, float]:
+        """source_id -> when its chunks were last written, from the record manager's table."""
+        import sqlite3
+
+        if not self.records_path.exists():
+            return {}
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{self.records_path}?mode=ro", uri=True)) as db:
+                rows = db.execute("SELECT group_id, MAX(updated_at) FROM upsertion_record GROUP BY group_id")
+                return {group: float(when) for group, when in rows if group}
+        except sqlite3.Error:
+            return {}  # an older or damaged table: the list still shows, without times
+
+    @_server_errors
+    def courses(self) -> list[dict]:
+        """Every course of this install (collections named by SCRUMBOT_COLLECTION), with counts."""
+        prefix = self.settings.collection
+        found = []
+        for collection in self.client().list_collections():
+            name = collection.name if hasattr(collection, "name") else str(collection)
+            if name == prefix:
+                course = DEFAULT_COURSE
+            elif name.startswith(prefix + "."):
+                course = name[len(prefix) + 1:]
+            else:
+                continue
+            col = self.client().get_collection(name)
+            sources = {m.get("source_id") for m in col.get(include=["metadatas"])["metadatas"]}
+            found.append({"course": course, "collection": name, "documents": len(sources),
+                          "chunks": col.count()})
+        return sorted(found, key=lambda c: (c["course"] != DEFAULT_COURSE, c["course"]))
+
+    @_server_errors
+    def remove_files(self, source_ids: list[str]) -> IndexReport:
+        """Take these files (source ids "root::name") out of the course: chunks and records."""
+        started = time.perf_counter()
+        report = IndexReport()
+        with self._writer():
+            collection = self._collection(create=False)
+            if collection is None:
+                return report
+            held = self._ids_of(collection, source_ids) if source_ids else set()
+            with _held_signals():
+                for sid in source_ids:
+                    root, _, name = sid.partition("::")
+                    rm = self._record_manager(root)
+                    keys = rm.list_keys(group_ids=[sid])
+                    ids = set(keys) | self._ids_of(collection, [sid])
+                    if ids:
+                        collection.delete(ids=sorted(ids))
+                    rm.delete_keys(keys)
+                    if ids & held or keys:
+                        report.removed.append(name)
+                        report.chunks_deleted += len(ids)
+                self._wrote()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    @_server_errors
+    def remove_course(self) -> dict:
+        """Delete this course's collection, its records and its journal; what it held, as counts."""
+        with self._writer():
+            collection = self._collection(create=False)
+            held = {"chunks": 0, "documents": 0}
+            if collection is not None:
+                metas = collection.get(include=["metadatas"])["metadatas"]
+                held = {"chunks": len(metas), "documents": len({m.get("source_id") for m in metas})}
+                self.client().delete_collection(self.collection_name)
+            self.records_path.unlink(missing_ok=True)
+            self._journal.unlink(missing_ok=True)
+            self._vectorstore = None
+            self._wrote()
+        return held
+
     # -- writing ------------------------------------------------------------------------------
 
     @_server_errors
@@ -418,11 +528,11 @@ class Store:
         with self._writer():
             client = self.client()
             try:
-                client.delete_collection(self.settings.collection)
+                client.delete_collection(self.collection_name)
             except Exception as err:  # there was none (or the server failed: say so)
                 if self.settings.chroma_url and _server_problem(err, self.settings):
                     raise
-            (self.settings.index_dir / "records.sqlite").unlink(missing_ok=True)
+            self.records_path.unlink(missing_ok=True)
             self._vectorstore = None
             self._set_unfinished(set())
             self._wrote()
@@ -440,7 +550,7 @@ class Store:
         except Exception as err:
             if _records_damaged(err):
                 raise IndexCorruptError(
-                    f"The index's record of what it holds ({self.settings.index_dir / 'records.sqlite'}) "
+                    f"The index's record of what it holds ({self.records_path}) "
                     f"is damaged: {err.__class__.__name__}: {str(err).splitlines()[0]}",
                     "Run `scrumbot index --rebuild` to build it again.") from err
             # Chroma reports a full disk in many ways ("Failed to apply logs to the metadata
@@ -598,12 +708,12 @@ class Store:
 
     def _unfinished(self) -> set[str]:
         try:
-            return set(json.loads((self.settings.index_dir / UNFINISHED).read_text())["sources"])
+            return set(json.loads(self._journal.read_text())["sources"])
         except (OSError, ValueError, KeyError, TypeError):
             return set()
 
     def _set_unfinished(self, sources: set[str]) -> None:
-        path = self.settings.index_dir / UNFINISHED
+        path = self._journal
         if not sources:
             path.unlink(missing_ok=True)
             return

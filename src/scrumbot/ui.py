@@ -1,15 +1,23 @@
 """The chat page: build_app(assistant) -> gradio Blocks. Nothing launches at import.
 
 Answers stream into the chat; the passages each answer came from (file name, heading, text)
-are shown beside it, numbered like the citations under the answer."""
+are shown beside it, numbered like the citations under the answer. A course picker chooses
+which course answers; a trainer also gets the Documents tab (the course's files: upload,
+remove, re-index). The chat can be stopped, retried, started afresh and exported."""
 
 from __future__ import annotations
 
 import html
 import ipaddress
+import json
 import logging
 import re
 import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from .api import Assistant, Answer
 from .config import Settings, apply_offline_env
@@ -17,12 +25,9 @@ from .errors import ConfigError, ScrumbotError
 
 log = logging.getLogger("scrumbot.ui")
 
-EXAMPLES = [
-    "Which cert suits a business analyst?",
-    "What does a ScrumMaster do?",
-    "How do I get the CSPO certification?",
-]
 NO_SOURCES = "*Sources of the answer appear here.*"
+STOPPED = "*(stopped)*"
+NOT_A_TRAINER = "Only a trainer account may change a course."
 CSS = """
 #sources blockquote { font-size: 0.9em; white-space: pre-wrap; }
 footer { display: none !important; }
@@ -36,6 +41,9 @@ def citations(answer: Answer) -> str:
     return "\n\n" + "  \n".join(f"[{i}] {html.escape(s.label)}" for i, s in enumerate(answer.sources, 1))
 
 
+_HEADING_MARK = re.compile(r"^(\s*)#")
+
+
 def sources_markdown(answer: Answer | None) -> str:
     if answer is None or not answer.sources:
         if answer is not None and answer.refused:
@@ -43,7 +51,9 @@ def sources_markdown(answer: Answer | None) -> str:
         return NO_SOURCES
     parts = []
     for i, s in enumerate(answer.sources, 1):
-        quoted = "\n".join(f"> {html.escape(line)}" for line in s.text.splitlines() if line.strip())
+        # a Markdown file's "# Heading" stays a line of the passage, not a heading of the panel
+        quoted = "\n".join("> " + _HEADING_MARK.sub(r"\1\\#", html.escape(line))
+                            for line in s.text.splitlines() if line.strip())
         parts.append(f"**[{i}] {html.escape(s.label)}** · score {s.score:.2f}\n\n{quoted}")
     return "\n\n".join(parts)
 
@@ -95,23 +105,78 @@ def _history(messages: list[dict]) -> list[tuple[str, str]]:
     return pairs
 
 
-def make_respond(assistant: Assistant):
-    """The chat handler: (message, chat) -> streamed (textbox, chat, sources) updates.
+@dataclass
+class Session:
+    """What the server keeps for one open page: the stop signal of its running answer and the
+    answers of its conversation (with their passages, for the export)."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    answers: list[dict] = field(default_factory=list)
+
+
+class Sessions:
+    """Session state by Gradio's session hash; dropped when the page closes."""
+
+    def __init__(self) -> None:
+        self._by_hash: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def get(self, request=None) -> Session:
+        key = getattr(request, "session_hash", None) or "local"
+        with self._lock:
+            return self._by_hash.setdefault(key, Session())
+
+    def drop(self, request=None) -> None:
+        with self._lock:
+            self._by_hash.pop(getattr(request, "session_hash", None) or "local", None)
+
+
+def _takes_request(fn):
+    """Gradio hands a handler the visitor's request (session, username) when its annotation *is*
+    gr.Request; here annotations are strings naming a gradio imported inside functions, which
+    Gradio cannot resolve, so the class is put in their place."""
+    import gradio as gr
+
+    fn.__annotations__ = {**fn.__annotations__, "request": gr.Request}
+    return fn
+
+
+def make_respond(assistant: Assistant, sessions: Sessions | None = None):
+    """The chat handler: (message, chat, course) -> streamed (textbox, chat, sources) updates.
     A function of its own so tests can drive it without a browser or a server."""
     apply_offline_env()
     import gradio as gr
 
-    def respond(message: str, chat: list[dict]):
+    sessions = sessions or Sessions()
+
+    @_takes_request
+    def respond(message: str, chat: list[dict], course: str | None = None, request: gr.Request = None):
+        session = sessions.get(request)
+        session.stop.clear()
         chat = _chat(chat)
         history = _history(chat)
         message = _text(message) or ""
         chat += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         try:
+            bot = _course_assistant(assistant, course, request)
             final = None
-            for final in assistant.stream(message, history):
+            answers = bot.stream(message, history, stop=session.stop)
+            for final in answers:
+                if session.stop.is_set():
+                    break
                 chat[-1] = {"role": "assistant", "content": final.text or "…"}
                 yield "", chat, sources_markdown(final)
+            # closing the stream closes the model's own stream and frees the model for the next
+            # question (the stream also checks `stop` itself between tokens)
+            answers.close()
+            if final is not None and not final.done:
+                text = f"{final.text} … {STOPPED}" if final.text else STOPPED
+                chat[-1] = {"role": "assistant", "content": text}
+                session.answers.append({**_record(final, bot.course), "stopped": True})
+                yield "", chat, sources_markdown(final)
+                return
             chat[-1] = {"role": "assistant", "content": final.text + citations(final)}
+            session.answers.append(_record(final, bot.course))
             yield "", chat, sources_markdown(final)
         except ScrumbotError as err:
             raise gr.Error(for_the_page(str(err), assistant.settings), print_exception=False) from None
@@ -123,30 +188,260 @@ def make_respond(assistant: Assistant):
     return respond
 
 
-def build_app(assistant: Assistant):
+def _record(answer: Answer, course: str) -> dict:
+    return {**answer.as_dict(), "question": answer.question, "course": course, "stopped": False,
+            "sources": [{**s.as_dict(), "label": s.label, "text": s.text} for s in answer.sources]}
+
+
+def _course_assistant(assistant: Assistant, course: str | None, request=None) -> Assistant:
+    """The assistant of the course picked on the page. Only a trainer may name a course that
+    does not exist yet (that creates it); anyone else gets a message, and no state is made."""
+    course = course or assistant.course
+    if course == assistant.course:
+        return assistant
+    if course not in assistant._courses and not trainer(assistant.settings, request):
+        if course not in {c["course"] for c in assistant.courses()}:
+            raise ConfigError(f"There is no course {course!r}.", "Pick one of the list.")
+    return assistant.for_course(course)
+
+
+def trainer(settings: Settings, request) -> bool:
+    return is_trainer(settings, getattr(request, "username", None))
+
+
+def conversation_markdown(answers: list[dict]) -> str:
+    """The conversation as Markdown: each question, its answer, the citations and the passages."""
+    lines = ["# scrumbot conversation", ""]
+    for i, a in enumerate(answers, 1):
+        lines += [f"## {i}. {a['question']}", "", f"*Course: {a['course']}*", ""]
+        text = a["answer"] + (f" {STOPPED}" if a.get("stopped") else "")
+        lines += [text, ""]
+        if a["refused"] and a.get("reason"):
+            lines += [f"*Not answered: {a['reason']}*", ""]
+        for n, s in enumerate(a["sources"], 1):
+            lines += [f"[{n}] {s['label']} (score {s['score']:.2f})", ""]
+            lines += [f"> {line}" for line in s["text"].splitlines() if line.strip()] + [""]
+    return "\n".join(lines)
+
+
+def export_files(answers: list[dict]) -> list[str]:
+    """Write the conversation as conversation.md and conversation.json; their paths."""
+    folder = Path(tempfile.mkdtemp(prefix="scrumbot-export-"))
+    md, js = folder / "conversation.md", folder / "conversation.json"
+    md.write_text(conversation_markdown(answers), encoding="utf-8")
+    js.write_text(json.dumps({"exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "turns": answers}, indent=2, ensure_ascii=False), encoding="utf-8")
+    return [str(md), str(js)]
+
+
+DOC_COLUMNS = ["File", "Chunks", "Indexed", "From"]
+
+
+def documents_table(bot: Assistant) -> list[list]:
+    rows = []
+    for d in bot.documents():
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(d["indexed_at"])) if d["indexed_at"] else "—"
+        rows.append([d["source"], d["chunks"], when, "uploaded" if d["uploaded"] else for_the_page(d["root"], bot.settings)])
+    return rows
+
+
+def make_documents(assistant: Assistant):
+    """The Documents tab's handlers, each checking again that the visitor is a trainer."""
     apply_offline_env()
     import gradio as gr
 
-    respond = make_respond(assistant)
+    settings = assistant.settings
+
+    def guarded(course, request):
+        if not trainer(settings, request):
+            raise gr.Error(NOT_A_TRAINER, print_exception=False)
+        try:
+            return assistant.for_course(course or assistant.course)
+        except ScrumbotError as err:
+            raise gr.Error(for_the_page(str(err), settings), print_exception=False) from None
+
+    def listing(bot: Assistant):
+        docs = bot.documents()
+        table = gr.DataFrame(value=documents_table(bot) or None, headers=DOC_COLUMNS)
+        picks = gr.Dropdown(choices=[(d["source"], d["source_id"]) for d in docs], value=None)
+        return table, picks
+
+    def courses_update(bot: Assistant):
+        names = [c["course"] for c in assistant.courses()]
+        if bot.course not in names:
+            names.append(bot.course)
+        return gr.Dropdown(choices=names, value=bot.course)
+
+    def run(work, bot: Assistant):
+        try:
+            report = work()
+        except ScrumbotError as err:
+            raise gr.Error(for_the_page(str(err), settings), print_exception=False) from None
+        return (f"**{bot.course}**: " + for_the_page(report.summary(), settings).replace("\n", "  \n"),
+                *listing(bot), courses_update(bot))
+
+    @_takes_request
+    def upload(files, course, request: gr.Request = None, progress=gr.Progress()):
+        bot = guarded(course, request)
+        paths = [f if isinstance(f, str) else getattr(f, "name", "") for f in (files or [])]
+        if not paths:
+            raise gr.Error("Choose or drop one or more files first.", print_exception=False)
+
+        def embedding(done: int, total: int) -> None:
+            progress(done / total, desc=f"embedding {done}/{total} chunks")
+
+        return run(lambda: bot.add_files([(Path(p).name, Path(p)) for p in paths], progress=embedding), bot)
+
+    @_takes_request
+    def remove(source_ids, course, request: gr.Request = None):
+        bot = guarded(course, request)
+        if not source_ids:
+            raise gr.Error("Pick the documents to remove first.", print_exception=False)
+        return run(lambda: bot.remove_documents(source_ids), bot)
+
+    @_takes_request
+    def reindex(course, request: gr.Request = None, progress=gr.Progress()):
+        bot = guarded(course, request)
+        return run(lambda: bot.reindex(progress=lambda d, t: progress(d / t, desc=f"embedding {d}/{t} chunks")), bot)
+
+    @_takes_request
+    def show(course, request: gr.Request = None):
+        if not trainer(settings, request):
+            return gr.DataFrame(value=None), gr.Dropdown(choices=[], value=None)
+        return listing(guarded(course, request))
+
+    return upload, remove, reindex, show
+
+
+def build_app(assistant: Assistant):
+    apply_offline_env()
+    import gradio as gr
+    from .ingest import SUPPORTED
+
+    settings = assistant.settings
+    sessions = Sessions()
+    respond = make_respond(assistant, sessions)
+    upload, remove, reindex, show_documents = make_documents(assistant)
+
+    @_takes_request
+    def examples_for(course, request: gr.Request = None):
+        try:
+            questions = _course_assistant(assistant, course, request).example_questions()
+        except ScrumbotError:
+            questions = []
+        return gr.Dataset(samples=[[q] for q in questions], visible=bool(questions))
+
+    @_takes_request
+    def on_load(request: gr.Request = None):
+        names = [c["course"] for c in assistant.courses()]
+        if assistant.course not in names:
+            names.insert(0, assistant.course)
+        allowed = trainer(settings, request)
+        return (gr.Dropdown(choices=names, value=assistant.course, allow_custom_value=allowed,
+                            info="Type a new name to start a course, then add documents to it." if allowed else None),
+                gr.Tab(visible=allowed))
+
+    @_takes_request
+    def fresh(request: gr.Request = None):
+        sessions.get(request).answers.clear()
+        return [], "", NO_SOURCES, gr.File(value=None, visible=False)
+
+    @_takes_request
+    def stop(request: gr.Request = None):
+        sessions.get(request).stop.set()
+
+    @_takes_request
+    def retry(chat, request: gr.Request = None):
+        chat = _chat(chat)
+        if len(chat) < 2 or chat[-2]["role"] != "user":
+            raise gr.Error("There is no question to ask again yet.", print_exception=False)
+        answers = sessions.get(request).answers
+        if answers:
+            answers.pop()
+        return chat[-2]["content"], chat[:-2]
+
+    @_takes_request
+    def forget(request: gr.Request = None):
+        sessions.drop(request)
+
+    @_takes_request
+    def export(request: gr.Request = None):
+        answers = sessions.get(request).answers
+        if not answers:
+            raise gr.Error("Ask a question first: there is nothing to export yet.", print_exception=False)
+        return gr.File(value=export_files(answers), visible=True)
+
     with gr.Blocks(title="scrumbot") as app:
-        gr.Markdown("## scrumbot\nAsk about the course. Answers come only from the course material, "
-                    "and every answer shows the passages it came from.")
         with gr.Row():
-            with gr.Column(scale=3):
-                chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chat",
-                                     sanitize_html=True, render_markdown=True)
+            gr.Markdown("## scrumbot\nAsk about the course. Answers come only from the course material, "
+                        "and every answer shows the passages it came from.")
+            course = gr.Dropdown(choices=[assistant.course], value=assistant.course, label="Course",
+                                 elem_id="course", scale=0, min_width=240, filterable=True)
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat-tab"):
                 with gr.Row():
-                    box = gr.Textbox(placeholder="Ask a question about the course…", show_label=False,
-                                     scale=5, elem_id="question", autofocus=True, max_lines=6)
-                    send = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
-                gr.Examples(EXAMPLES, inputs=box, label="Try")
-                clear = gr.Button("New conversation", size="sm")
-            with gr.Column(scale=2):
-                gr.Markdown("### Sources")
-                sources = gr.Markdown(NO_SOURCES, elem_id="sources", sanitize_html=True)
+                    with gr.Column(scale=3):
+                        chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chat",
+                                             sanitize_html=True, render_markdown=True)
+                        with gr.Row():
+                            box = gr.Textbox(placeholder="Ask a question about the course…", show_label=False,
+                                             scale=5, elem_id="question", autofocus=True, max_lines=6)
+                            send = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
+                            halt = gr.Button("Stop", variant="stop", scale=0, min_width=80, elem_id="stop")
+                        examples = gr.Dataset(components=[box], samples=[], label="Try", elem_id="examples",
+                                              visible=False)
+                        with gr.Row():
+                            again = gr.Button("Retry", size="sm", elem_id="retry")
+                            clear = gr.Button("New conversation", size="sm", elem_id="new")
+                            save = gr.Button("Export (Markdown + JSON)", size="sm", elem_id="export")
+                        exported = gr.File(label="Conversation", file_count="multiple", visible=False,
+                                           interactive=False, elem_id="exported")
+                    with gr.Column(scale=2):
+                        gr.Markdown("### Sources")
+                        sources = gr.Markdown(NO_SOURCES, elem_id="sources", sanitize_html=True)
+            with gr.Tab("Documents", id="documents-tab", visible=False, elem_id="documents-tab") as docs_tab:
+                gr.Markdown(f"The files of the course picked above. Drop files here to add them "
+                            f"({' '.join(SUPPORTED)}, up to {settings.max_file_mb} MB each); a new "
+                            f"course name in the picker starts a new course.")
+                files = gr.File(label="Add documents", file_count="multiple", file_types=list(SUPPORTED),
+                                type="filepath", elem_id="upload")
+                summary = gr.Markdown(elem_id="index-summary")
+                table = gr.DataFrame(headers=DOC_COLUMNS, interactive=False, elem_id="documents",
+                                     wrap=True)
+                with gr.Row():
+                    picks = gr.Dropdown(label="Documents to remove", multiselect=True, choices=[],
+                                        elem_id="remove-pick", scale=3)
+                    drop = gr.Button("Remove", variant="stop", scale=1, elem_id="remove")
+                    redo = gr.Button("Re-index", scale=1, elem_id="reindex")
+
+        chat_out = [box, chatbot, sources]
         for trigger in (box.submit, send.click):
-            trigger(respond, [box, chatbot], [box, chatbot, sources], api_name="ask" if trigger == send.click else False)
-        clear.click(lambda: ([], "", NO_SOURCES), None, [chatbot, box, sources], api_name=False)
+            trigger(respond, [box, chatbot, course], chat_out,
+                    api_name="ask" if trigger == send.click else False)
+        # its own group, unlimited: a stop must not wait in the queue behind the answer it stops
+        halt.click(stop, None, None, api_name=False, concurrency_limit=None, concurrency_id="stop")
+        again.click(retry, [chatbot], [box, chatbot], api_name=False).success(
+            respond, [box, chatbot, course], chat_out, api_name=False)
+        clear.click(fresh, None, [chatbot, box, sources, exported], api_name=False)
+        save.click(export, None, exported, api_name=False)
+        examples.click(lambda sample: sample[0] if sample else "", examples, box, api_name=False)
+        # a new course is a new conversation; its examples follow (they may take a few answers)
+        course.change(fresh, None, [chatbot, box, sources, exported], api_name=False).then(
+            show_documents, [course], [table, picks], api_name=False).then(
+            examples_for, [course], examples, api_name=False)
+        # indexing runs in a queue of its own: questions keep being answered meanwhile
+        index_out = [summary, table, picks, course]
+        files.upload(upload, [files, course], index_out, api_name=False,
+                     concurrency_limit=1, concurrency_id="index").then(
+            lambda: None, None, files, api_name=False).then(examples_for, [course], examples, api_name=False)
+        drop.click(remove, [picks, course], index_out, api_name=False,
+                   concurrency_limit=1, concurrency_id="index")
+        redo.click(reindex, [course], index_out, api_name=False,
+                   concurrency_limit=1, concurrency_id="index")
+        app.load(on_load, None, [course, docs_tab], api_name=False).then(
+            show_documents, [course], [table, picks], api_name=False).then(
+            examples_for, [course], examples, api_name=False)
+        app.unload(forget)
     return app
 
 
@@ -173,8 +468,9 @@ def is_trainer(settings: Settings, username: str | None) -> bool:
 def check_exposure(settings: Settings) -> None:
     """Refuse to serve beyond this machine without a password, unless explicitly told to."""
     if settings.auth is not None and not re.fullmatch(r"[^:]+:.+", settings.auth):
-        raise ConfigError("SCRUMBOT_AUTH must be user:password (both parts non-empty).",
-                          "Set it like SCRUMBOT_AUTH=teacher:a-long-password.")
+        raise ConfigError("SCRUMBOT_AUTH must be user:password (both parts non-empty), or several "
+                          "such accounts separated by commas.",
+                          "Set it like SCRUMBOT_AUTH=teacher:a-long-password,student:another-one.")
     if is_loopback(settings.host) or settings.auth:
         return
     if not settings.allow_unauthenticated:
@@ -213,11 +509,16 @@ def serve(settings: Settings | None = None) -> None:
         print(f"indexed {settings.corpus_dir}: {report.summary()}", file=sys.stderr)
     print("loading models…", file=sys.stderr)
     assistant.warm()
+    # the page's example questions (a few answers), worked out while the page starts rather
+    # than while the first visitor waits; kept per index version, so usually read from disk
+    threading.Thread(target=assistant.example_questions, name="examples", daemon=True).start()
     app = build_app(assistant)
     # llama.cpp answers one question at a time; others wait in Gradio's queue (the page shows it)
     limit = 1 if settings.llm == "llamacpp" else 4
-    auth = tuple(settings.auth.split(":", 1)) if settings.auth else None
+    auth = settings.accounts() or None
     app.queue(default_concurrency_limit=limit, max_size=64).launch(
         server_name=settings.host, server_port=settings.port, auth=auth, css=CSS,
         show_error=True, footer_links=[], ssr_mode=False, quiet=True,
+        # an upload bigger than the limit is refused before it lands on the disk
+        max_file_size=settings.max_file_mb * 1024 * 1024,
     )
