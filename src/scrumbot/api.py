@@ -365,7 +365,7 @@ class Assistant:
         # stand alone, and without the history once it stands alone
         readable = clean_passages(passages)
         focused = self.retriever.focus(retrieval, readable) if readable else []
-        if not focused:
+        if not any(p.text.strip() for p in focused):
             yield refused("the passages found hold nothing the model may read")
             return
         context = [] if retrieval.standalone else history

@@ -283,7 +283,9 @@ def focus(query: str, vector: list[float], passages: list[Source], embeddings: E
     from rank_bm25 import BM25Okapi
 
     if sum(len(p.text) for p in passages) <= budget:
-        return passages
+        # whole, but a passage of headings alone says nothing the model could answer from
+        return [replace(p, text="") if all(line.lstrip().startswith("#") for line in p.text.splitlines()
+                                           if line.strip()) else p for p in passages]
     found = [(i, text, context) for i, p in enumerate(passages) for text, context in units(p.text)]
     if not found:
         return passages
