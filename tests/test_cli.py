@@ -113,6 +113,10 @@ def test_ask_out_of_scope(run):
     assert plain.stdout.strip() == NOT_COVERED  # no source lines under a refusal
     data = json.loads(run("ask", "--json", "Which volcano erupted near Reykjavik yesterday?").stdout)
     assert data["refused"] is True and data["answer"] == NOT_COVERED and data["sources"] == []
+    assert data["reason"].startswith("no passage close enough") and data["scores"]["retrieval"] < 0.2
+    why = run("ask", "--why", "Which volcano erupted near Reykjavik yesterday?").stdout.splitlines()
+    assert why[0] == NOT_COVERED and why[1].startswith("why: no passage close enough to the question (best 0.")
+    assert why[1].endswith("needs 0.20) [retrieval 0.{}]".format(why[1].split("best 0.")[1][:2]))
 
 
 def test_status_shows_sources_and_embedder(run, corpus):

@@ -13,7 +13,7 @@ from scrumbot import Assistant
 from scrumbot.chain import NOT_COVERED
 from scrumbot.config import Settings
 from scrumbot.errors import ConfigError
-from scrumbot.ui import build_app, check_exposure, make_respond
+from scrumbot.ui import _history, build_app, check_exposure, make_respond
 
 QUESTION = "Who is Braintrust Group?"
 ANSWER = "Braintrust Group is a worldwide leader in Agile transformations."
@@ -83,12 +83,15 @@ def test_follow_up_gets_the_history_without_the_footer(fake_assistant):
     assert ANSWER in history[1] and "[1]" not in history[1] and "product-owner-101.txt" not in history[1]
 
 
-def test_refusal_has_no_footer(fake_assistant):
+def test_a_refusal_has_no_sources_and_says_why_under_it(fake_assistant):
     fake_assistant.index()
     steps = run_respond(make_respond(fake_assistant), "Which volcano erupted near Reykjavik yesterday?", [])
     _, chat, sources = steps[-1]
-    assert chat[-1]["content"] == NOT_COVERED
+    answer, _, why = chat[-1]["content"].partition("\n\n")
+    assert answer == NOT_COVERED and why.startswith("*Why: no passage close enough to the question (best 0.")
     assert sources == "*No passage of the course answers this question.*"
+    # sent back as history, the note is not part of what was answered
+    assert _history(chat) == [("Which volcano erupted near Reykjavik yesterday?", NOT_COVERED)]
 
 
 def test_passage_html_is_escaped_in_the_sources(settings, tmp_path: Path):

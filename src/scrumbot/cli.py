@@ -101,7 +101,8 @@ def index(paths: tuple[Path, ...], course: str | None, rebuild: bool, as_json: b
 @click.option("--json", "as_json", is_flag=True, help="Print answer, refused and sources as JSON.")
 @click.option("--llm", type=click.Choice(["llamacpp", "openai", "extractive"]), help="Override SCRUMBOT_LLM.")
 @click.option("--course", help=COURSE_HELP)
-def ask(question: str, as_json: bool, llm: str | None, course: str | None) -> None:
+@click.option("--why", is_flag=True, help="Also say which stage decided and on what evidence (scores).")
+def ask(question: str, as_json: bool, llm: str | None, course: str | None, why: bool) -> None:
     """Answer QUESTION from the indexed course material."""
     assistant = _assistant(_settings(llm=llm, course=course))
     if as_json:
@@ -123,6 +124,10 @@ def ask(question: str, as_json: bool, llm: str | None, course: str | None) -> No
         click.echo("\r\033[K" + final.text)
     for i, s in enumerate(final.sources, 1):
         click.echo(f"  [{i}] {s.label} (score {s.score:.2f})")
+    if why:
+        evidence = ", ".join(f"{k} {v:.2f}" for k, v in final.scores.items())
+        click.echo(f"why: {final.reason or 'answered: grounded in the passages'}"
+                   + (f" [{evidence}]" if evidence else ""))
 
 
 @main.command()

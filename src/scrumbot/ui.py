@@ -34,9 +34,14 @@ footer { display: none !important; }
 """
 
 
+WHY = "\n\n*Why: "  # the note under a refusal; not part of the answer when it is sent back as history
+
+
 def citations(answer: Answer) -> str:
-    """The numbered source list shown under an answer in the chat."""
-    if answer.refused or not answer.sources:
+    """The numbered source list shown under an answer in the chat; under a refusal, why."""
+    if answer.refused:
+        return f"{WHY}{html.escape(answer.reason)}.*" if answer.reason else ""
+    if not answer.sources:
         return ""
     return "\n\n" + "  \n".join(f"[{i}] {html.escape(s.label)}" for i, s in enumerate(answer.sources, 1))
 
@@ -100,7 +105,7 @@ def _history(messages: list[dict]) -> list[tuple[str, str]]:
         if m.get("role") == "user":
             question = content
         elif m.get("role") == "assistant" and question is not None:
-            pairs.append((question, content.split("\n\n[1] ")[0]))
+            pairs.append((question, content.split("\n\n[1] ")[0].split(WHY)[0]))
             question = None
     return pairs
 
