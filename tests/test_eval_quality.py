@@ -280,3 +280,34 @@ def test_own_eval_subset_with_extra_documents_and_follow_ups(real_bot, tmp_path)
     assert s.answerable_pct >= FLOOR_ANSWERABLE and s.refusal_pct >= FLOOR_REFUSALS, _failures(report)
     # the newly indexed handouts are found: every answer cites the file that holds it
     assert s.hit_pct >= FLOOR_ANSWERABLE, _failures(report)
+
+
+# A fixed slice of each course's TEST split (never tuned on): its first answerable questions and
+# first out-of-scope ones in file order, asked with the real model over the real course files.
+# The floors sit below what the full test split measures (README "Answer quality"), so a
+# regression in retrieval, reading, the judge or the verifier fails CI.
+SLICES = {
+    "git": ([REPO / "eval/courses/git/questions.jsonl"], [REPO / "eval/courses/git"]),
+    "debian-reference": ([REPO / "eval/courses/debian-reference/questions.jsonl"],
+                         [REPO / "eval/courses/debian-reference"]),
+    "product-owner": ([REPO / "eval/po-test.jsonl"], [CORPUS, EXTRA]),
+}
+SLICE_ANSWERABLE, SLICE_OUT_OF_SCOPE = 8, 4
+SLICE_FLOORS = {"git": (50.0, 75.0), "debian-reference": (50.0, 75.0), "product-owner": (62.5, 75.0)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("course", sorted(SLICES))
+def test_a_fixed_slice_of_each_course_test_split_holds_its_floor(real_bot, tmp_path, course):
+    files, corpus = SLICES[course]
+    rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+    test = [r for r in rows if r.get("split") == "test" and "turns" not in r]
+    picked = ([r for r in test if not r.get("refuse")][:SLICE_ANSWERABLE]
+              + [r for r in test if r.get("refuse")][:SLICE_OUT_OF_SCOPE])
+    assert len(picked) == SLICE_ANSWERABLE + SLICE_OUT_OF_SCOPE
+    report = evaluate([write(tmp_path / "slice.jsonl", *picked)], real_bot.settings, corpus=corpus,
+                      assistant=real_bot)
+    s = report.summaries()["scrumbot"]
+    print(report.table())
+    floor_answerable, floor_refused = SLICE_FLOORS[course]
+    assert s.answerable_pct >= floor_answerable and s.refusal_pct >= floor_refused, _failures(report)

@@ -99,10 +99,9 @@ class Settings:
     n_ctx: int = 2048
     max_tokens: int = 160
     temperature: float = 0.0
-    # RoPE base for llama.cpp; 0 = the GGUF's own (1e6 for Qwen2.5). 10000 is LangChain
-    # ChatLlamaCpp's default and measured better on the eval sets with this prompt (README
-    # "Answer quality": 77/79 eval cases right vs 67/79 with the GGUF value, which refused more).
-    rope_freq_base: float = 10000.0
+    # RoPE base for llama.cpp; 0 = the model file's own (1e6 for Qwen2.5), as it was trained.
+    # (LangChain's ChatLlamaCpp passes 10000 unless told otherwise.)
+    rope_freq_base: float = 0.0
     openai_base_url: str | None = None
     openai_model: str | None = None
     openai_api_key: str | None = None

@@ -153,7 +153,7 @@ def _llamacpp(settings: Settings) -> BaseChatModel:
                 max_tokens=settings.max_tokens,
                 temperature=settings.temperature,
                 repeat_penalty=1.0,  # grounded answers should repeat the passages' words
-                rope_freq_base=settings.rope_freq_base,  # a measured choice: config.py
+                rope_freq_base=settings.rope_freq_base,  # 0: the GGUF's own (ChatLlamaCpp would pass 10000)
                 verbose=False,
             )
         except ValueError as err:
