@@ -341,3 +341,46 @@ def test_numbers_match_however_they_are_written():
                   "What do I need to pass the exam?", "system")
     kept, dropped = g.check("You need 1,000 points and a 50% score to pass the exam.")
     assert dropped == [] and kept
+
+
+class JudgedChatModel(EchoChatModel):
+    """Echo answers, and log-probabilities for a one-token yes/no reply, the way an
+    OpenAI-compatible chat model returns them (response_metadata["logprobs"])."""
+
+    logprobs: bool | None = None
+    p_yes: float = 0.5
+
+    def _generate(self, messages, stop=None, run_manager=None, **kw):
+        if not kw.get("logprobs"):
+            return super()._generate(messages, stop, run_manager, **kw)
+        import math
+
+        self.calls.append(messages)
+        top = [{"token": "Yes", "logprob": math.log(self.p_yes)}, {"token": "No", "logprob": math.log(1 - self.p_yes)}]
+        from langchain_core.outputs import ChatGeneration, ChatResult
+
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(
+            "Yes", response_metadata={"logprobs": {"content": [{"token": "Yes", "top_logprobs": top}]}}))])
+
+
+@pytest.mark.parametrize("p_yes, refused", [(0.2, True), (0.8, False)])
+def test_the_judge_refuses_below_its_threshold_and_says_so(settings, corpus, p_yes, refused):
+    llm = JudgedChatModel(p_yes=p_yes)
+    llm.calls = []
+    bot = Assistant(settings.replace(min_score=0.2, min_answerable=0.5), embeddings=FakeEmbeddings(),
+                    embedder_name="fake", llm=llm)
+    bot.index([corpus])
+    a = bot.answer(IN_SCOPE)
+    assert a.refused is refused and a.scores["answerable"] == pytest.approx(p_yes, abs=1e-3)
+    judged = llm.calls[0][-1].content
+    assert judged.startswith("Course passages:") and judged.endswith("Reply yes or no.")
+    if refused:
+        assert a.reason == f"the passages do not answer it (p = {p_yes:.2f}, needs 0.50)" and len(llm.calls) == 1
+    else:
+        assert a.reason == "" and len(llm.calls) == 2  # the judge, then the answer
+
+
+def test_without_log_probabilities_the_judge_is_skipped(bot):
+    """The echo model reports none: nothing is decided on a made-up probability."""
+    a = bot.answer(IN_SCOPE)
+    assert not a.refused and "answerable" not in a.scores and len(bot.llm.calls) == 1

@@ -50,6 +50,18 @@ def test_refuses_what_the_course_does_not_cover(real_assistant):
         assert "$" not in a.text and "Paris" not in a.text
 
 
+def test_the_judge_reads_the_real_model_and_its_prefix_is_reused(real_assistant):
+    """The yes/no probability comes from llama.cpp's own logits, and the answer after it reuses
+    the judge's evaluated prompt: its first token follows within a fraction of the judge's time."""
+    inside = real_assistant.answer("Which cert suits a business analyst?")
+    outside = real_assistant.answer("Who is the CEO of the Scrum Alliance?")
+    assert 0.0 < outside.scores["answerable"] < inside.scores["answerable"] < 1.0
+    assert not inside.refused and outside.refused
+    judge = inside.timings["judge_s"] - inside.timings["retrieval_s"]
+    after = inside.timings["first_token_s"] - inside.timings["judge_s"]
+    assert after < judge, inside.timings
+
+
 def test_cli_index_then_ask_json(tmp_path):
     env = {**os.environ, "SCRUMBOT_INDEX_DIR": str(tmp_path / "index")}
     cli = [sys.executable, "-m", "scrumbot.cli"]

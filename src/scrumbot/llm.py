@@ -5,6 +5,7 @@ takes seconds and ~1.8 GB, which no request should pay twice."""
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from langchain_core.language_models.chat_models import BaseChatModel
@@ -13,6 +14,7 @@ from .config import Settings, without_credentials
 from .errors import LLMUnavailableError, ModelError
 from .models import gguf_path
 
+log = logging.getLogger("scrumbot.llm")
 _loaded: dict[tuple, BaseChatModel] = {}
 _load_lock = threading.Lock()
 
@@ -48,17 +50,14 @@ def first_token_probabilities(model: BaseChatModel, messages: list, options: dic
         scores = {name: max(float(logits[t]) for t in _first_tokens(client, words))
                   for name, words in options.items()}
     elif "logprobs" in type(model).model_fields:  # a chat model that can report them (ChatOpenAI)
-        try:
-            reply = model.bind(logprobs=True, top_logprobs=20, extra_body={"max_tokens": 1}).invoke(messages)
-            top = reply.response_metadata["logprobs"]["content"][0]["top_logprobs"]
-        except (KeyError, IndexError, TypeError, ValueError, NotImplementedError):
-            return None
-        found: dict[str, float] = {}
-        for entry in top:  # the same word may come as several tokens ("Yes", " Yes")
-            word = entry["token"].strip()
-            found[word] = max(found.get(word, float("-inf")), entry["logprob"])
-        scores = {name: max((found[w] for w in words if w in found), default=float("-inf"))
-                  for name, words in options.items()}
+        scores = _server_logprobs(model, messages, options) if id(model) not in _NO_LOGPROBS else None
+        if scores is None:
+            # a server that will not give log-probabilities (llama-cpp-python's own, unless
+            # started with logits_all) still answers the question: its one-word reply decides
+            _NO_LOGPROBS.add(id(model))
+            reply = str(model.bind(extra_body={"max_tokens": 3}).invoke(messages).content).strip().lower()
+            said = [name for name, words in options.items() if any(reply.startswith(w.lower()) for w in words)]
+            return {name: float(name in said[:1]) for name in options} if said else None
     else:
         return None
     import math
@@ -69,6 +68,33 @@ def first_token_probabilities(model: BaseChatModel, messages: list, options: dic
     weights = {name: math.exp(v - best) for name, v in scores.items()}
     total = sum(weights.values())
     return {name: w / total for name, w in weights.items()}
+
+
+_NO_LOGPROBS: set[int] = set()  # chat models whose server refused log-probabilities once
+
+
+def _server_logprobs(model: BaseChatModel, messages: list, options: dict[str, tuple[str, ...]]
+                     ) -> dict[str, float] | None:
+    """The options' best log-probabilities among the server's top tokens; None if it gives none."""
+    import openai
+
+    try:
+        reply = model.bind(logprobs=True, top_logprobs=20, extra_body={"max_tokens": 1}).invoke(messages)
+        top = reply.response_metadata["logprobs"]["content"][0]["top_logprobs"]
+    except openai.APIStatusError as err:
+        if err.status_code >= 500 or err.status_code in (400, 422):  # "logprobs not supported"
+            log.info("the OpenAI-compatible server gives no log-probabilities (%s): the judge reads its reply",
+                     err.status_code)
+            return None
+        raise
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    found: dict[str, float] = {}
+    for entry in top:  # the same word may come as several tokens ("Yes", " Yes")
+        word = entry["token"].strip()
+        found[word] = max(found.get(word, float("-inf")), entry["logprob"])
+    return {name: max((found[w] for w in words if w in found), default=float("-inf"))
+            for name, words in options.items()}
 
 
 def _llama_next_token_logits(llm, messages: list):
