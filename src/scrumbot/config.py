@@ -89,7 +89,7 @@ class Settings:
     max_context_chars: int = 600
     # the model's probability that the passages answer the question, below which it is refused
     # ("the passages do not answer it"); 0 turns the check off. Chosen on the eval's dev split.
-    min_answerable: float = 0.5
+    min_answerable: float = 0.6
     judge_always: bool = False  # compute that probability even when the check is off (calibration)
 
     # generation
