@@ -45,9 +45,11 @@ log = logging.getLogger("scrumbot.insights")
 LOG_FILE = "questions.sqlite"
 FEEDBACK_REASONS = ("wrong", "not in the course but should be", "unclear")
 MAX_TEXT = 4000  # characters of an answer kept in a row
-# Cosine distance under which two questions share a topic (average linkage over MiniLM
-# vectors); measured on a synthetic log of 5 topics + noise (tests/test_insights.py).
-CLUSTER_DISTANCE = 0.6
+# Cosine distance under which two groups of questions share a topic (average linkage over
+# MiniLM vectors). Chosen on a synthetic log of 5 topics + noise (tests/test_insights_clustering.py,
+# README "Trainer insights"): tighter cuts split a topic by its wording, looser ones let
+# unrelated questions join the big topics.
+CLUSTER_DISTANCE = 0.7
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS questions (
