@@ -518,6 +518,10 @@ _CSS = """
 """
 
 
+def _when(iso: str) -> str:
+    return iso[:16].replace("T", " ") + " UTC"
+
+
 def _e(value) -> str:
     return html.escape(str(value if value is not None else ""))
 
@@ -529,11 +533,11 @@ def _tags(counts: dict) -> str:
 def render_html(report: Report, *, page: bool = True) -> str:
     t = report.totals
     out = ['<div class="sb-report">', f"<h1>Trainer report — {_e(report.course or 'all courses')}</h1>",
-           f'<p class="muted">{_e(("since " + report.since) if report.since else "all logged questions")}'
-           f" · generated {_e(report.generated)} · questions are logged without names</p>",
+           f'<p class="muted">{_e(("since " + _when(report.since)) if report.since else "all logged questions")}'
+           f" · generated {_e(_when(report.generated))} · questions are logged without names</p>",
            '<div class="totals">']
     for label, value in (("questions", t["questions"]), ("answered", t["answered"]), ("refused", t["refused"]),
-                         ("failed", t["failed"]), ("👍", t["up"]), ("👎", t["down"]),
+                         ("failed", t["failed"]), ("thumbs up", t["up"]), ("thumbs down", t["down"]),
                          ("p50 latency", _seconds(t["p50_s"])), ("conversations", t["conversations"])):
         out.append(f"<div>{_e(label)}<b>{_e(value)}</b></div>")
     out.append("</div>")
@@ -554,7 +558,7 @@ def render_html(report: Report, *, page: bool = True) -> str:
                 f' <span class="muted">score {near["score"]:.2f}</span>'
                 f"<blockquote>{_e(near['text'][:280])}{'…' if len(near['text']) > 280 else ''}</blockquote>")
             out.append(f"<tr><td class='n'>{i}</td><td><b>{_e(g.label)}</b></td>"
-                       f"<td class='n'>{g.size}<br><span class='muted'>{g.refused} refused<br>{g.disliked} 👎</span></td>"
+                       f"<td class='n'>{g.size}<br><span class='muted'>{g.refused} refused<br>{g.disliked} thumbs down</span></td>"
                        f"<td><ul>{''.join(f'<li>{_e(q)}</li>' for q in g.examples()[1:]) or '<li class=muted>(only this one)</li>'}"
                        f"</ul>{_tags(g.reasons)}</td><td>{near_html}</td></tr>")
         out.append("</table>")
@@ -612,8 +616,7 @@ def gap_chart(report: Report, top: int = 8) -> str | None:
     ax.barh(names, disliked, left=refused, color="#e6a23c", label="answered, thumbs down")
     ax.set_xlabel("questions")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(loc="lower right", fontsize=8, frameon=False)
-    ax.set_title("Biggest gaps", fontsize=10, loc="left")
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, fontsize=8, frameon=False)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     ax.tick_params(axis="y", labelsize=8)
