@@ -444,3 +444,20 @@ def test_adjusted_rand_index():
 def test_build_report_without_rows_or_embedder():
     report = build_report([], course="c", since=None)
     assert report.totals["questions"] == 0 and report.gaps == [] and "No refused" in report.html()
+
+
+@pytest.mark.slow  # two processes importing the whole stack
+def test_scrumbot_ask_logs_its_question_before_the_process_exits(tmp_path):
+    import os
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "SCRUMBOT_INDEX_DIR": str(tmp_path / "index")}
+    cli = [sys.executable, str(REPO / "tests" / "cli_with_fakes.py")]
+    subprocess.run([*cli, "index", str(CORPUS)], env=env, check=True, capture_output=True, timeout=300)
+    done = subprocess.run([*cli, "ask", "--llm", "extractive", ANSWERABLE], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (row,) = rows(tmp_path / "index" / LOG_FILE)
+    assert row["question"] == ANSWERABLE and row["outcome"] == "answered" and row["answer"] in done.stdout
