@@ -50,6 +50,9 @@ MAX_TEXT = 4000  # characters of an answer kept in a row
 # README "Trainer insights"): tighter cuts split a topic by its wording, looser ones let
 # unrelated questions join the big topics.
 CLUSTER_DISTANCE = 0.7
+# A gap whose closest passage scores under this is far from everything in the course (the
+# weather, a coding task): the report marks it as likely off-topic rather than missing.
+OFF_TOPIC = 0.15
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS questions (
@@ -361,7 +364,8 @@ class Report:
                 lines.append(f"         · {q}")
             if near:
                 lines.append(f"         closest passage: {near['source']}"
-                             f"{' — ' + near['heading'] if near.get('heading') else ''} (score {near['score']:.2f})")
+                             f"{' — ' + near['heading'] if near.get('heading') else ''} (score {near['score']:.2f}"
+                             f"{', likely off-topic' if near['score'] < OFF_TOPIC else ''})")
         if not self.gaps:
             lines.append("  none")
         lines.append("\nMost asked (answered):")
@@ -447,8 +451,10 @@ def topics_of(rows: list[dict], embeddings, distance: float = CLUSTER_DISTANCE) 
 
 
 def _short_reason(reason: str) -> str:
-    """A refusal's reason without its numbers, so equal reasons count together."""
-    return re.sub(r"\s*\(.*?\)", "", reason or "").strip()
+    """A refusal's reason without its particulars (scores, the words withheld), so that the
+    refusals of one stage count together."""
+    reason = re.sub(r"\s*\(.*?\)", "", reason or "")
+    return reason.split(":", 1)[0].strip()
 
 
 def cluster(texts: list[str], embeddings, distance: float = CLUSTER_DISTANCE):
@@ -555,7 +561,8 @@ def render_html(report: Report, *, page: bool = True) -> str:
             near = g.nearest
             near_html = "–" if not near else (
                 f"<b>{_e(near['source'])}</b>{(' — ' + _e(near['heading'])) if near.get('heading') else ''}"
-                f' <span class="muted">score {near["score"]:.2f}</span>'
+                f' <span class="muted">score {near["score"]:.2f}'
+                f'{" · far from all the course: likely off-topic" if near["score"] < OFF_TOPIC else ""}</span>'
                 f"<blockquote>{_e(near['text'][:280])}{'…' if len(near['text']) > 280 else ''}</blockquote>")
             out.append(f"<tr><td class='n'>{i}</td><td><b>{_e(g.label)}</b></td>"
                        f"<td class='n'>{g.size}<br><span class='muted'>{g.refused} refused<br>{g.disliked} thumbs down</span></td>"
