@@ -25,7 +25,7 @@ def test_the_gaps_recover_the_five_topics(settings):
     bot.index()
     items = synthetic_questions()
     for question, _ in items:
-        bot.question_log.record(Row(id=new_id(), course=bot.settings.collection, conversation=new_id(),
+        bot.question_log.record(Row(id=new_id(), course=bot.course, conversation=new_id(),
                                     question=question, outcome="refused", refused=True,
                                     reason="no passage close enough to the question (best 0.12, needs 0.25)"))
     report = bot.report()
