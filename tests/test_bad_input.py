@@ -336,7 +336,7 @@ def test_page_injection_foreign_and_control_characters(page):
         _, chat, sources = ask_page(url, question)
         texts = chat_text(chat)
         assert_clean(texts[1:] + [sources])  # the user's own question may say "France"
-        answer = texts[-1].split("\n\n[1] ")[0]
+        answer = texts[-1].split("\n\n[1] ")[0].split("\n\n*Why: ")[0]  # without sources or the refusal's note
         assert answer == NOT_COVERED or squash(answer) in squash(sources.replace("> ", "")), answer
     _, chat, _ = ask_page(url, "Who is\x00 Braintrust\x1b Group?")
     assert chat_text(chat)[-1].startswith("Braintrust Group")
