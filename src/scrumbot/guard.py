@@ -239,7 +239,7 @@ def cite(answer: str, passages: list[Source], question: str = "",
     """Each answer sentence's support among the passages' sentences.
 
     A passage sentence supports an answer sentence by the content words they share (stems, with
-    names weighing double); every number of the answer sentence must be in its quotes. The best
+    names weighing double; the heading it stands under counts as its own words); every number of the answer sentence must be in its quotes. The best
     one is quoted, and a second one if it adds what the first lacks (a fact from two places);
     together they must hold MIN_CITED of the sentence's content words. Among equals, a sentence
     the model read (`read`: the focused passages) and then the better-ranked passage win.
@@ -248,14 +248,19 @@ def cite(answer: str, passages: list[Source], question: str = "",
     Returns (the answer without the sentences that claim something no passage supports, a
     Citation per remaining sentence with spans into that text, the sentences left out)."""
     read_text = " ".join(read or [])
-    candidates = []  # (passage, start, end, vocabulary, read by the model)
+    candidates = []  # (passage, start, end, vocabulary with its section's, read by the model)
     for n, p in enumerate(passages):
+        heading = p.section or p.heading  # what a sentence under it is about ("The CSPO exam")
         for a, b in sentence_spans(p.text):
             text = p.text[a:b]
-            if text.lstrip().startswith("#") or aimed_at_model(text):
+            if text.lstrip().startswith("#"):
+                heading = text.lstrip("# ")
+                continue
+            if aimed_at_model(text):
                 continue
             core = text.strip(" \t•*-–")
-            candidates.append((n, a, b, _vocabulary(text), bool(read_text) and core in read_text))
+            candidates.append((n, a, b, _vocabulary(text) | _vocabulary(heading),
+                               bool(read_text) and core in read_text))
     course = set().union(*(c[3] for c in candidates)) if candidates else set()
     asked = _vocabulary(question)
 
