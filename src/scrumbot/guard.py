@@ -258,8 +258,10 @@ def cite(answer: str, passages: list[Source], question: str = "",
                 continue
             if aimed_at_model(text):
                 continue
-            core = text.strip(" \t•*-–")
-            candidates.append((n, a, b, _vocabulary(text) | _vocabulary(heading),
+            while a < b and p.text[a] in " \t•*–-" and not p.text[a + 1:a + 2].isdigit():
+                a += 1  # a list item's bullet is not part of the quote
+            core = p.text[a:b]
+            candidates.append((n, a, b, _vocabulary(core) | _vocabulary(heading),
                                bool(read_text) and core in read_text))
     course = set().union(*(c[3] for c in candidates)) if candidates else set()
     asked = _vocabulary(question)
