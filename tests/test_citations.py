@@ -142,3 +142,76 @@ def test_a_refusal_keeps_what_came_closest(exams):
     a = exams.answer("Which capital city hosts the kanban conferences?")
     assert a.refused and a.sources == [] and a.citations == []
     assert a.retrieved and a.retrieved[0].source == "kanban.md"
+
+
+# -- the original files behind the page's links ----------------------------------------------------
+
+
+def test_links_open_the_file_at_its_page_or_anchor():
+    from scrumbot.ui import file_key, file_link
+
+    pdf = Source("guides/exam.pdf", "t", 0.5, page=4, root="/srv/course")
+    html = Source("manual.html", "t", 0.5, anchor="_creating_branches", root="/srv/course")
+    assert file_link(pdf, "default") == f"scrumbot/file/default/{file_key('/srv/course', 'guides/exam.pdf')}/exam.pdf#page=4"
+    assert file_link(html, "git").endswith("/manual.html#_creating_branches")
+    assert file_link(Source("a.txt", "t", 0.5), "default") is None  # no folder known: no link
+
+
+@pytest.fixture
+def file_server(exams, tmp_path: Path):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from scrumbot.ui import add_file_route
+
+    app = FastAPI()
+    app.auth, app.tokens, app.cookie_id = None, {}, "c"  # as Gradio's server app has them
+    add_file_route(app, exams)
+    return app, TestClient(app)
+
+
+def test_the_file_route_serves_indexed_files_only(exams, file_server, tmp_path: Path):
+    from scrumbot.ui import file_key
+
+    app, client = file_server
+    root = (tmp_path / "exams").resolve().as_posix()
+    (tmp_path / "exams" / "not-indexed.md").write_text("secret")
+    (tmp_path / "secret.txt").write_text("secret")
+    key = file_key(root, "csm.md")
+    ok = client.get(f"/scrumbot/file/default/{key}/csm.md")
+    assert ok.status_code == 200 and ok.text.startswith("## The CSM exam")
+    assert ok.headers["content-type"].startswith("text/plain") and ok.headers["x-content-type-options"] == "nosniff"
+    for bad in (f"/scrumbot/file/default/{key}/not-indexed.md", f"/scrumbot/file/default/{key}/..%2F..%2Fsecret.txt",
+                f"/scrumbot/file/default/{file_key(root, 'not-indexed.md')}/not-indexed.md",
+                f"/scrumbot/file/default/{file_key(root, '../secret.txt')}/secret.txt",
+                f"/scrumbot/file/other/{key}/csm.md"):
+        assert client.get(bad).status_code == 404, bad
+    # a file of the index replaced by a symlink out of its folder is not followed
+    (tmp_path / "exams" / "csm.md").unlink()
+    (tmp_path / "exams" / "csm.md").symlink_to(tmp_path / "secret.txt")
+    assert client.get(f"/scrumbot/file/default/{key}/csm.md").status_code == 404
+
+
+def test_the_file_route_asks_for_the_pages_login(exams, file_server, tmp_path: Path):
+    from scrumbot.ui import file_key
+
+    app, client = file_server
+    app.auth = [("anna", "pw")]
+    url = f"/scrumbot/file/default/{file_key((tmp_path / 'exams').resolve().as_posix(), 'csm.md')}/csm.md"
+    assert client.get(url).status_code == 401
+    app.tokens["t0k3n"] = "anna"
+    client.cookies.set("access-token-c", "t0k3n")
+    assert client.get(url).status_code == 200
+
+
+def test_a_course_html_page_is_served_sandboxed(exams, file_server, tmp_path: Path):
+    from scrumbot.ui import file_key
+
+    folder = tmp_path / "exams"
+    (folder / "page.html").write_text("<html><body><h1 id='exam'>Exam</h1><p>The PSM exam has 80 questions."
+                                      "</p><script>fetch('/gradio_api/')</script></body></html>")
+    exams.index([folder])
+    _, client = file_server
+    r = client.get(f"/scrumbot/file/default/{file_key(folder.resolve().as_posix(), 'page.html')}/page.html")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert r.headers["content-security-policy"].startswith("sandbox;") and "script-src" not in r.headers["content-security-policy"]
