@@ -307,6 +307,7 @@ def _record(answer: Answer, course: str, turn: int = 0) -> dict:
     data = answer.as_dict()
     data.pop("retrieved")
     return {**data, "question": answer.question, "course": course, "stopped": False, "turn": turn,
+            "marked": answer.marked(),
             "sources": [page_source(s, quotes.get(i, ())) for i, s in enumerate(answer.sources)],
             # a refusal shows what came closest, marked as not answering
             "closest": [page_source(s) for s in answer.retrieved[:2]] if answer.refused else []}
@@ -350,12 +351,14 @@ def conversation_markdown(answers: list[dict]) -> str:
     lines = ["# scrumbot conversation", ""]
     for i, a in enumerate(answers, 1):
         lines += [f"## {i}. {a['question']}", "", f"*Course: {a['course']}*", ""]
-        text = a["answer"] + (f" {STOPPED}" if a.get("stopped") else "")
+        text = a.get("marked") or a["answer"]
+        text += f" {STOPPED}" if a.get("stopped") else ""
         lines += [text, ""]
         if a["refused"] and a.get("reason"):
             lines += [f"*Not answered: {a['reason']}*", ""]
         for n, s in enumerate(a["sources"], 1):
             lines += [f"[{n}] {s['label']} (score {s['score']:.2f})", ""]
+            lines += [f"> **Quoted:** {' '.join(s['text'][q0:q1].split())}" for q0, q1 in s.get("quotes", [])]
             lines += [f"> {line}" for line in s["text"].splitlines() if line.strip()] + [""]
     return "\n".join(lines)
 
