@@ -152,6 +152,7 @@ def _quote(text: str, start: int, end: int, styled: bool, context: int = 60) -> 
     line_end = len(text) if (n := text.find("\n", end)) < 0 else n
     a, b = max(line_start, start - context), min(line_end, end + context)
     before = " ".join(text[a:start].split()[1 if a > line_start else 0:])  # whole words only
+    before = before if before.strip(" •*-–") else ""  # a list item's bullet alone says nothing
     after = " ".join(text[end:b].split()[:-1 if b < line_end else None])
     quote = " ".join(text[start:end].split())
     quote = click.style(quote, bold=True, underline=True) if styled else f"“{quote}”"
