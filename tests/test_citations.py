@@ -215,3 +215,22 @@ def test_a_course_html_page_is_served_sandboxed(exams, file_server, tmp_path: Pa
     r = client.get(f"/scrumbot/file/default/{file_key(folder.resolve().as_posix(), 'page.html')}/page.html")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert r.headers["content-security-policy"].startswith("sandbox;") and "script-src" not in r.headers["content-security-policy"]
+
+
+def test_words_the_model_adds_around_a_fact_bring_no_second_quote():
+    stored = [Source("kanban.md", "Cycle time is the time from the moment the team starts working on an item until it "
+                     "is finished. A cumulative flow diagram shows how many items sit in each column over time; a "
+                     "widening band reveals a bottleneck.", 0.6)]
+    answer = ("A widening band in a cumulative flow diagram indicates a bottleneck, as items wait for the team "
+              "to start working on them.")
+    _, citations, _ = cite(answer, stored)
+    (q,) = citations[0].quotes
+    assert stored[0].text[q.start:q.end].startswith("A cumulative flow diagram shows")
+
+
+def test_a_number_taken_from_the_question_must_still_be_quoted():
+    stored = [Source("seu.md", "A CSM or a CSPO needs 20 SEUs every two years. Holding both certifications, you "
+                     "still renew once: 20 SEUs cover both.", 0.6)]
+    text, citations, dropped = cite("Yes, you need to collect 40 SEUs to keep both certifications.", stored,
+                                    "Do I need 40 SEUs to keep both certifications?")
+    assert text == "" and dropped

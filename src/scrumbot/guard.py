@@ -219,17 +219,19 @@ def _found(words: list[str], i: int, vocabulary: set[str]) -> bool:
 def _claim(sentence: str, question: set[str], course: set[str]) -> tuple[list[str], dict[int, float], set[int]]:
     """(words, weight of each content word, the numbers among them). A name or a number weighs
     double (it tells parallel sentences apart: "CSM exam" from "CSPO exam"); a word of the
-    question that no passage has is the question restated, not a claim of the course."""
+    question that no passage has is the question restated, not a claim of the course — except a
+    number: "Yes, you need 40" to "Do I need 40?" claims it."""
     words = _WORD.findall(_CITATION.sub(" ", sentence))
     weights, numbers = {}, set()
     for i, w in enumerate(words):
         specific = any(c.isdigit() for c in w) or (w[0].isupper() and (i > 0 or w.isupper()) and w != "I")
         if not specific and (w.lower() in _STOP or len(w) <= 2):
             continue
-        if _found(words, i, question) and not _found(words, i, course):
+        number = _number(w) or w.lower() in _NUMBERS
+        if not number and _found(words, i, question) and not _found(words, i, course):
             continue
         weights[i] = 2.0 if specific else 1.0
-        if _number(w) or w.lower() in _NUMBERS:
+        if number:
             numbers.add(i)
     return words, weights, numbers
 
@@ -239,9 +241,11 @@ def cite(answer: str, passages: list[Source], question: str = "",
     """Each answer sentence's support among the passages' sentences.
 
     A passage sentence supports an answer sentence by the content words they share (stems, with
-    names weighing double; the heading it stands under counts as its own words); every number of the answer sentence must be in its quotes. The best
-    one is quoted, and a second one if it adds what the first lacks (a fact from two places);
-    together they must hold MIN_CITED of the sentence's content words. Among equals, a sentence
+    names weighing double; the heading it stands under counts as its own words); every number
+    of the answer sentence must be in its quotes. The best one is quoted, and a second one when
+    the first falls short or the second adds a name or number the first lacks (a fact from two
+    places) — not for words the model added around the fact; together they must hold MIN_CITED
+    of the sentence's content words. Among equals, a sentence
     the model read (`read`: the focused passages) and then the better-ranked passage win.
     Headings and sentences addressed to the model are never quoted.
 
@@ -289,12 +293,17 @@ def cite(answer: str, passages: list[Source], question: str = "",
             continue
         chosen = [ranked[0]]
         have = covered(ranked[0][3])
+
+        def enough(have: set[int]) -> bool:
+            return sum(weights[i] for i in have) / total >= MIN_CITED and numbers <= have
+
         if have != set(weights):
             second = max(ranked[1:], key=lambda c: rank(c, have), default=None)
-            if second is not None and covered(second[3]) - have:
+            adds = covered(second[3]) - have if second is not None else set()
+            if adds and (not enough(have) or any(weights[i] > 1 for i in adds)):
                 chosen.append(second)
-                have |= covered(second[3])
-        if sum(weights[i] for i in have) / total < MIN_CITED or not numbers <= have:
+                have |= adds
+        if not enough(have):
             dropped.append(answer[a:b])
             continue
         chosen.sort(key=lambda c: (c[0], c[1]))
