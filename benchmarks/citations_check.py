@@ -16,18 +16,25 @@ Every answerable question of the file (of `--split`) is asked once, into a tempo
 - evidence: of the answers to questions with an `evidence` sentence, those where a quote is
   that sentence (its words mostly the evidence's, or the other way round).
 
-Out-of-scope questions are skipped: a refusal has no citations to judge."""
+Out-of-scope questions are skipped: a refusal has no citations to judge.
+
+`--requote RUN.json` asks no model: it takes the answers of an earlier run, finds the same
+passages again (retrieval is deterministic) and cites them with the current code — for a change
+to the citing alone, measured on the same answers."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
+from scrumbot.api import Answer
 from scrumbot.config import Settings
 from scrumbot.evaluate import _index_for, load
+from scrumbot.guard import clean_passages, cite, renumber
 from scrumbot.retrieve import terms
 
 
@@ -80,6 +87,19 @@ def summarize(rows: list[dict], asked: int, refused: int, seconds: float) -> dic
     }
 
 
+def requote(bot, question: str, marked: str) -> Answer:
+    """An earlier run's answer, cited again as the pipeline cites (api.Assistant._stream)."""
+    text = re.sub(r" (\[\d+\])+", "", marked)
+    retrieval = bot.retriever.retrieve(question)
+    passages = [p for p in retrieval.passages if p.score >= bot.settings.min_score]
+    focused = bot.retriever.focus(retrieval, clean_passages(passages))
+    cited, citations, _ = cite(text, passages, retrieval.query, read=[p.text for p in focused])
+    if not any(c.quotes for c in citations):
+        return Answer("", True, question=question, reason="no passage sentence supports it (requoted)")
+    sources, citations = renumber(citations, passages)
+    return Answer(cited, False, sources, question, citations=citations)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("questions", type=Path)
@@ -87,6 +107,7 @@ def main() -> None:
     parser.add_argument("--split")
     parser.add_argument("--limit", type=int, help="Ask only the first N answerable questions.")
     parser.add_argument("--json", type=Path, help="Write every question's result here.")
+    parser.add_argument("--requote", type=Path, help="Cite again the answers of this earlier run (no model).")
     args = parser.parse_args()
 
     cases = [turn for conversation in load([args.questions], args.split) for turn in conversation
@@ -98,11 +119,14 @@ def main() -> None:
             row = json.loads(line)
             evidence[row.get("id")] = row.get("evidence")
 
+    earlier = {r["id"]: r["answer"] for r in json.loads(args.requote.read_text())["rows"]} if args.requote else {}
+    if args.requote:
+        cases = [c for c in cases if c.id in earlier]
     rows, refusals, t0 = [], [], time.perf_counter()
     with _index_for(Settings.from_env(), args.corpus, None) as bot:
         for n, case in enumerate(cases, 1):
             started = time.perf_counter()
-            answer = bot.answer(case.q)
+            answer = requote(bot, case.q, earlier[case.id]) if args.requote else bot.answer(case.q)
             if answer.refused:
                 refusals.append({"id": case.id, "q": case.q, "reason": answer.reason})
                 print(f"{n:3}/{len(cases)} {case.id}: refused ({answer.reason})", file=sys.stderr, flush=True)

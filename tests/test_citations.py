@@ -234,3 +234,11 @@ def test_a_number_taken_from_the_question_must_still_be_quoted():
     text, citations, dropped = cite("Yes, you need to collect 40 SEUs to keep both certifications.", stored,
                                     "Do I need 40 SEUs to keep both certifications?")
     assert text == "" and dropped
+
+
+def test_a_name_opening_the_sentence_is_quoted_too():
+    stored = [Source("kanban.md", "# Kanban Essentials\n\nIt grew out of the production system Taiichi Ohno developed at "
+                     "Toyota in the late 1940s. David J. Anderson adapted the idea to software teams in the mid-2000s.", 0.6)]
+    _, citations, _ = cite("Anderson adapted the idea of Kanban from Toyota's production system.", stored)
+    quotes = [stored[0].text[q.start:q.end] for q in citations[0].quotes]
+    assert any("Anderson" in q for q in quotes) and any("Toyota" in q for q in quotes)

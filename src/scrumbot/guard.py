@@ -224,7 +224,9 @@ def _claim(sentence: str, question: set[str], course: set[str]) -> tuple[list[st
     words = _WORD.findall(_CITATION.sub(" ", sentence))
     weights, numbers = {}, set()
     for i, w in enumerate(words):
-        specific = any(c.isdigit() for c in w) or (w[0].isupper() and (i > 0 or w.isupper()) and w != "I")
+        # a capital marks a name even first in the sentence ("Anderson adapted ..."); a common
+        # word opening the sentence ("Teams ...") only weighs a little more
+        specific = any(c.isdigit() for c in w) or (w[0].isupper() and w.lower() not in _STOP and w != "I")
         if not specific and (w.lower() in _STOP or len(w) <= 2):
             continue
         number = _number(w) or w.lower() in _NUMBERS
