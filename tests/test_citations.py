@@ -242,3 +242,9 @@ def test_a_name_opening_the_sentence_is_quoted_too():
     _, citations, _ = cite("Anderson adapted the idea of Kanban from Toyota's production system.", stored)
     quotes = [stored[0].text[q.start:q.end] for q in citations[0].quotes]
     assert any("Anderson" in q for q in quotes) and any("Toyota" in q for q in quotes)
+
+
+def test_a_number_in_words_is_found_in_digits():
+    stored = [Source("retro.md", "- The 4Ls: what the team Liked, Learned, Lacked and Longed for.", 0.6)]
+    text, citations, _ = cite("The four Ls are what the team liked, learned, lacked and longed for.", stored)
+    assert text and citations[0].markers == [1]

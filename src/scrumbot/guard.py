@@ -282,8 +282,9 @@ def cite(answer: str, passages: list[Source], question: str = "",
             continue
         total = sum(weights.values())
 
-        def covered(vocabulary: set[str]) -> set[int]:
-            return {i for i in weights if _found(words, i, vocabulary)}
+        def covered(vocabulary: set[str]) -> set[int]:  # "four" is found as the 4 of "4Ls"
+            return {i for i in weights if _found(words, i, vocabulary)
+                    or _NUMBERS.get(words[i].lower(), "-") in vocabulary}
 
         def rank(c, have: set[int] = frozenset()):
             gain = sum(weights[i] for i in covered(c[3]) - have) / total
