@@ -229,7 +229,7 @@ def _claim(sentence: str, question: set[str], course: set[str]) -> tuple[list[st
         specific = any(c.isdigit() for c in w) or (w[0].isupper() and w.lower() not in _STOP and w != "I")
         if not specific and (w.lower() in _STOP or len(w) <= 2):
             continue
-        number = _number(w) or w.lower() in _NUMBERS
+        number = w[0].isdigit() or w.lower() in _NUMBERS
         if not number and _found(words, i, question) and not _found(words, i, course):
             continue
         weights[i] = 2.0 if specific else 1.0
