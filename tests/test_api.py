@@ -90,7 +90,9 @@ def test_stream_yields_growing_snapshots_then_done(bot):
     for before, after in zip(partial, partial[1:]):
         assert after.startswith(before) and len(after) >= len(before)
     assert snaps[-1].text == partial[-1].strip() == bot.answer(ECHOED).text
-    assert snaps[-1].sources == snaps[0].sources  # sources are known before the first token
+    # the passages found are known before the first token; which of them the answer quotes, at the end
+    assert snaps[-1].retrieved == snaps[0].retrieved and snaps[0].sources == []
+    assert snaps[-1].sources and set(snaps[-1].sources) <= set(snaps[0].retrieved)
 
 
 def human_ai_turns(messages) -> list[tuple[str, str]]:

@@ -9,6 +9,7 @@ attacks in the slow tests at the end."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -31,7 +32,7 @@ from scrumbot.chain import NOT_COVERED, SYSTEM
 from scrumbot.errors import BadQuestionError
 from scrumbot.guard import Grounding, aimed_at_model, clean_passages
 from scrumbot.retrieve import Source
-from scrumbot.ui import build_app
+from scrumbot.ui import _plain, build_app
 from servers import free_port
 
 IN_SCOPE = "Who is Braintrust Group?"
@@ -331,8 +332,9 @@ def test_page_injection_foreign_and_control_characters(page):
         _, chat, sources = ask_page(url, question)
         texts = chat_text(chat)
         assert_clean(texts[1:] + [sources])  # the user's own question may say "France"
-        answer = texts[-1].split("\n\n[1] ")[0].split("\n\n*Why: ")[0]  # without sources or the refusal's note
-        assert answer == NOT_COVERED or squash(answer) in squash(sources.replace("> ", "")), answer
+        answer = _plain(texts[-1]).strip()  # without its source numbers, sources and note
+        passages = html.unescape(re.sub(r"<[^>]+>", "", sources))
+        assert answer == NOT_COVERED or squash(answer) in squash(passages), answer
     _, chat, _ = ask_page(url, "Who is\x00 Braintrust\x1b Group?")
     assert chat_text(chat)[-1].startswith("Braintrust Group")
 
@@ -557,7 +559,7 @@ def answer_with_drafts(bot: Assistant, question: str):
 @pytest.mark.timeout(600)
 def test_real_model_is_not_taken_over_by_a_document(real_bot):
     final, drafts = answer_with_drafts(real_bot, "What does a ScrumMaster do?")
-    assert "scrummaster-notes.txt" in [s.source for s in final.sources]  # the attack was retrieved
+    assert "scrummaster-notes.txt" in [s.source for s in final.retrieved]  # the attack was retrieved
     assert_clean(drafts)
     assert not final.refused
     assert re.search(r"facilitat|obstacle|coach", final.text, re.I), final.text

@@ -88,7 +88,7 @@ def test_ask_streams_the_answer_and_lists_sources(run):
     result = run("ask", "Who is Braintrust Group?")
     assert result.exit_code == 0, result.output
     answer, _, listing = result.stdout.partition("\n  [1] ")
-    assert "Braintrust Group is a worldwide leader in Agile transformations." in answer
+    assert "Braintrust Group is a worldwide leader in Agile transformations [1]." in answer
     assert re.match(r"product-owner-101\.txt.* \(score 0\.\d\d\)$", listing, re.M), result.stdout
 
 
@@ -110,13 +110,31 @@ def test_ask_out_of_scope(run):
     run("index")
     plain = run("ask", "Which volcano erupted near Reykjavik yesterday?")
     assert plain.exit_code == 0
-    assert plain.stdout.strip() == NOT_COVERED  # no source lines under a refusal
+    # no sources under a refusal: the closest passages, said not to answer it
+    answer, closest = plain.stdout.split("\n\nNot in the course. Closest passages (they do not answer it):\n")
+    assert answer == NOT_COVERED and "[1]" not in plain.stdout
+    assert re.fullmatch(r"(  - product-owner-101\.txt.* \(score 0\.\d\d\)\n){1,2}", closest), closest
     data = json.loads(run("ask", "--json", "Which volcano erupted near Reykjavik yesterday?").stdout)
     assert data["refused"] is True and data["answer"] == NOT_COVERED and data["sources"] == []
+    assert data["citations"] == [] and data["retrieved"]
     assert data["reason"].startswith("no passage close enough") and data["scores"]["retrieval"] < 0.2
     why = run("ask", "--why", "Which volcano erupted near Reykjavik yesterday?").stdout.splitlines()
-    assert why[0] == NOT_COVERED and why[1].startswith("why: no passage close enough to the question (best 0.")
-    assert why[1].endswith("needs 0.20) [retrieval 0.{}]".format(why[1].split("best 0.")[1][:2]))
+    assert why[0] == NOT_COVERED and why[-1].startswith("why: no passage close enough to the question (best 0.")
+    assert why[-1].endswith("needs 0.20) [retrieval 0.{}]".format(why[-1].split("best 0.")[1][:2]))
+
+
+def test_ask_marks_each_sentence_and_quotes_its_source(run):
+    run("index")
+    out = run("ask", "Who is Braintrust Group?").stdout
+    assert "Braintrust Group is a worldwide leader in Agile transformations [1]." in out
+    # piped: the quote between “ ”, no terminal styling
+    assert "      “Braintrust Group is a worldwide leader in Agile transformations.”" in out and "\033[" not in out
+    data = json.loads(run("ask", "--json", "Who is Braintrust Group?").stdout)
+    (c,) = [c for c in data["citations"] if "worldwide" in c["sentence"]]
+    assert data["answer"][c["start"]:c["end"]] == c["sentence"]
+    q = c["quotes"][0]
+    assert data["sources"][q["source"]]["text"][q["start"]:q["end"]] == q["text"]
+    assert q["text"] == "Braintrust Group is a worldwide leader in Agile transformations." and q["marker"] == 1
 
 
 def test_status_shows_sources_and_embedder(run, corpus):

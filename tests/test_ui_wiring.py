@@ -58,12 +58,13 @@ def test_respond_streams_answer_with_citations_and_sources(fake_assistant):
     final_chat, sources = chats[-1], steps[-1][2]
     assert len(final_chat) == 2 and final_chat[-1]["role"] == "assistant"
     text, _, footer = final_chat[-1]["content"].partition("\n\n[1] ")
-    assert ANSWER in text
-    assert footer.startswith("product-owner-101.txt")
+    # each sentence's number links to its passage in this answer (turn 0)
+    assert ANSWER.replace(".", " [[1]](#cite-0-1).") in text
+    assert footer.startswith("[product-owner-101.txt › ") and footer.endswith("](#cite-0-1)")
     expected = fake_assistant.answer(QUESTION)
     assert footer.count("\n") == len(expected.sources) - 1  # one line per source, numbered
-    assert "product-owner-101.txt" in sources and "**[1] product-owner-101.txt" in sources
-    assert f"> {ANSWER}" in sources  # the passage text itself, quoted
+    assert "<b>[1]</b> product-owner-101.txt" in sources
+    assert f"<mark>{ANSWER}</mark>" in sources  # the passage text itself, the quote marked
     assert "score 0." in sources
 
 
@@ -89,7 +90,8 @@ def test_a_refusal_has_no_sources_and_says_why_under_it(fake_assistant):
     _, chat, sources = steps[-1]
     answer, _, why = chat[-1]["content"].partition("\n\n")
     assert answer == NOT_COVERED and why.startswith("*Why: no passage close enough to the question (best 0.")
-    assert sources == "*No passage of the course answers this question.*"
+    assert sources.startswith("<p><b>Not in the course.</b> Closest passages:</p>")
+    assert sources.count('<details class="not-answering"') in (1, 2) and "<mark>" not in sources
     # sent back as history, the note is not part of what was answered
     assert _history(chat) == [("Which volcano erupted near Reykjavik yesterday?", NOT_COVERED)]
 
@@ -237,7 +239,7 @@ def test_stop_keeps_the_partial_answer_closes_the_model_stream_and_frees_the_mod
     assert sessions.get(Visitor()).answers[-1]["stopped"] is True
     # the next question is answered in full
     again = run_respond(lambda m, c: respond(m, c, None, Visitor()), "Who is Braintrust Group?", [])
-    assert "[1] product-owner-101.txt" in again[-1][1][-1]["content"]
+    assert "[1] [product-owner-101.txt" in again[-1][1][-1]["content"]
 
 
 def test_export_writes_the_conversation_with_citations_and_passages(fake_assistant):
@@ -274,7 +276,7 @@ def test_a_markdown_heading_in_a_passage_stays_a_line_of_the_passage():
     from scrumbot.ui import sources_markdown
 
     panel = sources_markdown(Answer("x", False, [Source("a.md", "# The Sprint\n\nBody\n## Who", 0.5)]))
-    assert "> \\# The Sprint" in panel and "> \\## Who" in panel and "\n# " not in panel
+    assert '<div class="passage"># The Sprint\n\nBody\n## Who</div>' in panel  # text, in HTML
 
 
 def test_several_accounts_in_scrumbot_auth_each_masked_and_one_password_may_hold_a_comma():

@@ -2,7 +2,7 @@
 
     from scrumbot import answer
     a = answer("Which cert suits a business analyst?")
-    a.text, a.refused, a.sources
+    a.text, a.refused, a.sources, a.citations
 
 Everything heavy (embedder, Chroma, the LLM) is created on first use and kept."""
 
@@ -28,7 +28,7 @@ from .chain import (NOT_COVERED, SYSTEM, YES_NO, build_chain, chain_inputs, extr
 from .config import DEFAULT_COURSE, Settings, apply_offline_env, check_course
 from .errors import BadQuestionError, ConfigError, ScrumbotError
 from .models import EMBEDDER_NAME, embedder_path
-from .guard import Grounding, clean_passages
+from .guard import Citation, Grounding, cite, clean_passages, renumber
 from .insights import (FEEDBACK_REASONS, QuestionLog, Report, Row, build_report, course_of, new_id,  # noqa: F401
                        parse_since, scrub)
 from .retrieve import Retriever, Source
@@ -48,6 +48,7 @@ History = list[tuple[str, str]]
 class Answer:
     text: str
     refused: bool
+    # the passages the answer quotes, numbered (from 1) in order of first use; none for a refusal
     sources: list[Source] = field(default_factory=list)
     question: str = ""
     done: bool = True
@@ -62,12 +63,33 @@ class Answer:
     # and the conversation it belongs to (random; pass it back to group follow-ups)
     log_id: str = ""
     conversation_id: str = ""
+    # each sentence of `text` and the spans of `sources` that support it (guard.cite)
+    citations: list[Citation] = field(default_factory=list)
+    # every passage retrieval found, quoted or not (for a refusal: what came closest)
+    retrieved: list[Source] = field(default_factory=list)
+
+    def marked(self, marker: Callable[[list[int]], str] = lambda ns: "".join(f"[{n}]" for n in ns)) -> str:
+        """The text with each cited sentence's source numbers: "... 50 questions [1]."."""
+        text, at = [], 0
+        for c in self.citations:
+            if not c.quotes:
+                continue
+            end = c.end - 1 if self.text[c.end - 1] in ".!?:" else c.end  # before its full stop
+            text += [self.text[at:end], " " + marker(c.markers)]
+            at = end
+        return "".join(text) + self.text[at:]
 
     def as_dict(self) -> dict:
         return {
             "answer": self.text,
             "refused": self.refused,
             "sources": [s.as_dict() for s in self.sources],
+            # offsets: into "answer" for a sentence, into sources[source]["text"] for a quote
+            "citations": [{**c.as_dict(), "sentence": self.text[c.start:c.end],
+                           "quotes": [{**q.as_dict(), "marker": q.source + 1,
+                                       "text": self.sources[q.source].text[q.start:q.end]} for q in c.quotes]}
+                          for c in self.citations],
+            "retrieved": [s.as_dict() for s in self.retrieved],
             "timings": self.timings,
             "reason": self.reason,
             "scores": self.scores,
@@ -442,13 +464,16 @@ class Assistant:
         history = clean_history(history, self.settings)
         timings: dict = {}
         scores: dict = {}
+        retrieved: list[Source] = []
 
         def refused(reason: str) -> Answer:
             timings["total_s"] = round(time.perf_counter() - t0, 4)
-            return Answer(NOT_COVERED, True, [], question, True, timings, reason=reason, scores=scores)
+            return Answer(NOT_COVERED, True, [], question, True, timings, reason=reason, scores=scores,
+                          retrieved=retrieved)
 
         # retrieve
         retrieval = self.retriever.retrieve(question, history)
+        retrieved = list(retrieval.passages)
         timings["retrieval_s"] = round(time.perf_counter() - t0, 4)
         scores["retrieval"] = round(retrieval.top_score, 4)
         if not self.retriever.covered(retrieval):
@@ -476,7 +501,7 @@ class Assistant:
                 return
         # generate, showing only what is grounded so far
         grounding = Grounding(readable, retrieval.query, SYSTEM)
-        partial = Answer("", False, passages, question, False, timings, scores=scores)
+        partial = Answer("", False, [], question, False, timings, scores=scores, retrieved=retrieved)
         yield partial
         text = shown = ""
         for piece in self._generate(retrieval.query, focused, context, inputs, stop):
@@ -502,10 +527,20 @@ class Assistant:
             # the words themselves stay in the log: shown, they would show what was withheld
             yield refused("the answer was withheld: " + re.sub(r"'[^']*'|\"[^\"]*\"", "a word of it", why))
             return
+        # cite: each sentence's quotes, from the passages as stored (the spans the page marks);
+        # a sentence no passage sentence supports goes, as an ungrounded one does
+        cited, citations, unsupported = cite(grounded, passages, retrieval.query, read=[p.text for p in focused])
+        for sentence in unsupported:
+            log.info("left out of the answer to %r (no passage sentence supports it): %r", question[:80], sentence)
+        if not citations or not any(c.quotes for c in citations):
+            yield refused("the answer was withheld: no passage sentence supports it")
+            return
+        sources, citations = renumber(citations, passages)
         timings["total_s"] = round(time.perf_counter() - t0, 4)
-        if grounded != shown and grounded.startswith(shown):
-            yield replace(partial, text=grounded)
-        yield Answer(grounded, False, passages, question, True, timings, scores=scores)
+        if cited != shown and cited.startswith(shown):
+            yield replace(partial, text=cited)
+        yield Answer(cited, False, sources, question, True, timings, scores=scores, citations=citations,
+                     retrieved=retrieved)
 
     def _answerable(self, inputs: dict) -> float | None:
         """The model's probability that the passages answer the question (None: no model, or a

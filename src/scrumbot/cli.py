@@ -6,6 +6,7 @@ and keeps its traceback."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -98,19 +99,23 @@ def index(paths: tuple[Path, ...], course: str | None, rebuild: bool, as_json: b
 
 @main.command()
 @click.argument("question")
-@click.option("--json", "as_json", is_flag=True, help="Print answer, refused and sources as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the answer, its citations (character offsets) and sources as JSON.")
 @click.option("--llm", type=click.Choice(["llamacpp", "openai", "extractive"]), help="Override SCRUMBOT_LLM.")
 @click.option("--course", help=COURSE_HELP)
 @click.option("--why", is_flag=True, help="Also say which stage decided and on what evidence (scores).")
 def ask(question: str, as_json: bool, llm: str | None, course: str | None, why: bool) -> None:
-    """Answer QUESTION from the indexed course material."""
+    """Answer QUESTION from the indexed course material.
+
+    Each sentence ends with the numbers of the sources that say it; each source is listed with
+    its place in the course and the quoted text (bold and underlined on a terminal)."""
     assistant = _assistant(_settings(llm=llm, course=course))
     if as_json:
         click.echo(json.dumps(assistant.answer(question).as_dict(), indent=2, ensure_ascii=False))
         return
-    # Words stream to a terminal as they come; a refusal replaces what the model began to write
-    # ("The CSPO course costs" stopped before an invented price): the line is cleared first.
-    # Piped output gets the final answer only.
+    # Words stream to a terminal as they come; then the streamed text is replaced by the final
+    # answer with its markers (a refusal, too, replaces what the model began to write: "The
+    # CSPO course costs" stopped before an invented price). Piped output gets the final answer only.
     live = sys.stdout.isatty()
     shown = ""
     final = None
@@ -118,16 +123,41 @@ def ask(question: str, as_json: bool, llm: str | None, course: str | None, why: 
         if live and not final.done:
             click.echo(final.text[len(shown):], nl=False)
             shown = final.text
-    if final.text.startswith(shown):
-        click.echo(final.text[len(shown):])
-    else:
-        click.echo("\r\033[K" + final.text)
+    if shown:
+        width = shutil.get_terminal_size().columns
+        lines = sum(max(1, -(-len(line) // width)) for line in shown.split("\n"))
+        click.echo("\r\033[K" if lines == 1 else f"\r\033[{lines - 1}F\033[J", nl=False)
+    click.echo(final.marked())
+    if final.sources:
+        click.echo()
     for i, s in enumerate(final.sources, 1):
-        click.echo(f"  [{i}] {s.label} (score {s.score:.2f})")
+        click.echo(f"  [{i}] {s.place} (score {s.score:.2f})")
+        spans = sorted({(q.start, q.end) for c in final.citations for q in c.quotes if q.source == i - 1})
+        for start, end in spans:
+            click.echo("      " + _quote(s.text, start, end, live))
+    if final.refused and final.retrieved:
+        click.echo("\nNot in the course. Closest passages (they do not answer it):")
+        for s in final.retrieved[:2]:
+            click.echo(f"  - {s.place} (score {s.score:.2f})")
     if why:
         evidence = ", ".join(f"{k} {v:.2f}" for k, v in final.scores.items())
         click.echo(f"why: {final.reason or 'answered: grounded in the passages'}"
                    + (f" [{evidence}]" if evidence else ""))
+
+
+def _quote(text: str, start: int, end: int, styled: bool, context: int = 60) -> str:
+    """The quoted span with a little of its line around it: the span bold and underlined on a
+    terminal, between “ ” when piped."""
+    line_start = text.rfind("\n", 0, start) + 1
+    line_end = len(text) if (n := text.find("\n", end)) < 0 else n
+    a, b = max(line_start, start - context), min(line_end, end + context)
+    before = " ".join(text[a:start].split()[1 if a > line_start else 0:])  # whole words only
+    before = before if before.strip(" •*-–") else ""  # a list item's bullet alone says nothing
+    after = " ".join(text[end:b].split()[:-1 if b < line_end else None])
+    quote = " ".join(text[start:end].split())
+    quote = click.style(quote, bold=True, underline=True) if styled else f"“{quote}”"
+    return (("…" if a > line_start else "") + f"{before} {quote} {after}".strip()
+            + ("…" if b < line_end else ""))
 
 
 @main.command()

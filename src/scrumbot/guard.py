@@ -16,16 +16,20 @@ prompt"). Told not to, the 1.5B model still obeyed both in our tests. So, determ
   (api.py), not a word rule's.
 
 While the answer streams, only text that passes so far is shown, so a sentence with a name from
-outside the course ("... is Paris.") stops before that word and is then dropped."""
+outside the course ("... is Paris.") stops before that word and is then dropped.
+
+Last, each answer sentence is cited (`cite`): the passage sentence(s) that say what it says,
+found by the words they share, never asked of the model. A sentence that makes a claim no
+passage sentence supports is left out, like an ungrounded one."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from .retrieve import STOP as _STOP
 from .retrieve import WORD as _WORD
-from .retrieve import Source, sentences
+from .retrieve import Source, sentence_spans, sentences
 from .retrieve import stem as _stem
 
 # Imperatives and roles that only make sense addressed to an AI model, not in course text.
@@ -166,3 +170,167 @@ class Grounding:
         if tail_ok and settled(tail).strip():
             shown.append(settled(tail).strip())
         return " ".join(shown)
+
+
+# -- citations -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Quote:
+    """The text of a passage that supports an answer sentence."""
+
+    source: int  # the passage's index in the list cited from (Answer.sources: its marker is source + 1)
+    start: int  # the span in that passage's stored text (Source.text)
+    end: int
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "start": self.start, "end": self.end}
+
+
+@dataclass(frozen=True)
+class Citation:
+    """One answer sentence and the passage text that supports it (no quotes: it claims nothing,
+    like "Yes.")."""
+
+    start: int  # the sentence's span in the answer text
+    end: int
+    quotes: tuple[Quote, ...]
+
+    @property
+    def markers(self) -> list[int]:
+        """The sentence's source numbers, 1-based, each once."""
+        return list(dict.fromkeys(q.source + 1 for q in self.quotes))
+
+    def as_dict(self) -> dict:
+        return {"start": self.start, "end": self.end, "quotes": [q.as_dict() for q in self.quotes]}
+
+
+MIN_CITED = 0.5  # the share of a sentence's content words its quotes must hold, as `Grounding` asks
+_READ_BONUS = 0.1  # a sentence the model read wins a near tie with one it did not
+
+
+def _found(words: list[str], i: int, vocabulary: set[str]) -> bool:
+    # "Scrum Master" is supported by "ScrumMaster", "work-in-progress" by "work in progress"
+    return (_stem(words[i]) in vocabulary
+            or (i > 0 and "=" + (words[i - 1] + words[i]).lower() in vocabulary)
+            or (i + 1 < len(words) and "=" + (words[i] + words[i + 1]).lower() in vocabulary))
+
+
+def _claim(sentence: str, question: set[str], course: set[str]) -> tuple[list[str], dict[int, float], set[int]]:
+    """(words, weight of each content word, the numbers among them). A name or a number weighs
+    double (it tells parallel sentences apart: "CSM exam" from "CSPO exam"); a word of the
+    question that no passage has is the question restated, not a claim of the course — except a
+    number: "Yes, you need 40" to "Do I need 40?" claims it."""
+    words = _WORD.findall(_CITATION.sub(" ", sentence))
+    weights, numbers = {}, set()
+    for i, w in enumerate(words):
+        # a capital marks a name even first in the sentence ("Anderson adapted ..."); a common
+        # word opening the sentence ("Teams ...") only weighs a little more
+        specific = any(c.isdigit() for c in w) or (w[0].isupper() and w.lower() not in _STOP and w != "I")
+        if not specific and (w.lower() in _STOP or len(w) <= 2):
+            continue
+        number = w[0].isdigit() or w.lower() in _NUMBERS
+        if not number and _found(words, i, question) and not _found(words, i, course):
+            continue
+        weights[i] = 2.0 if specific else 1.0
+        if number:
+            numbers.add(i)
+    return words, weights, numbers
+
+
+def cite(answer: str, passages: list[Source], question: str = "",
+         read: list[str] | None = None) -> tuple[str, list[Citation], list[str]]:
+    """Each answer sentence's support among the passages' sentences.
+
+    A passage sentence supports an answer sentence by the content words they share (stems, with
+    names weighing double; the heading it stands under counts as its own words); every number
+    of the answer sentence must be in its quotes. The best one is quoted, and a second one when
+    the first falls short or the second adds a name or number the first lacks (a fact from two
+    places) — not for words the model added around the fact; together they must hold MIN_CITED
+    of the sentence's content words. Among equals, a sentence
+    the model read (`read`: the focused passages) and then the better-ranked passage win.
+    Headings and sentences addressed to the model are never quoted.
+
+    Returns (the answer without the sentences that claim something no passage supports, a
+    Citation per remaining sentence with spans into that text, the sentences left out)."""
+    read_text = " ".join(read or [])
+    candidates = []  # (passage, start, end, vocabulary with its section's, read by the model)
+    for n, p in enumerate(passages):
+        heading = p.section or p.heading  # what a sentence under it is about ("The CSPO exam")
+        for a, b in sentence_spans(p.text):
+            text = p.text[a:b]
+            if text.lstrip().startswith("#"):
+                heading = text.lstrip("# ")
+                continue
+            if aimed_at_model(text):
+                continue
+            while a < b and p.text[a] in " \t•*–-" and not p.text[a + 1:a + 2].isdigit():
+                a += 1  # a list item's bullet is not part of the quote
+            core = p.text[a:b]
+            candidates.append((n, a, b, _vocabulary(core) | _vocabulary(heading),
+                               bool(read_text) and core in read_text))
+    course = set().union(*(c[3] for c in candidates)) if candidates else set()
+    asked = _vocabulary(question)
+
+    spans = sentence_spans(answer)
+    kept: list[tuple[int, tuple[Quote, ...]]] = []  # (the sentence's number, its quotes)
+    dropped: list[str] = []
+    for k, (a, b) in enumerate(spans):
+        words, weights, numbers = _claim(answer[a:b], asked, course)
+        if not weights:
+            kept.append((k, ()))
+            continue
+        total = sum(weights.values())
+
+        def covered(vocabulary: set[str]) -> set[int]:  # "four" is found as the 4 of "4Ls"
+            return {i for i in weights if _found(words, i, vocabulary)
+                    or _NUMBERS.get(words[i].lower(), "-") in vocabulary}
+
+        def rank(c, have: set[int] = frozenset()):
+            gain = sum(weights[i] for i in covered(c[3]) - have) / total
+            return (gain + _READ_BONUS * c[4], -c[0], -c[1])
+
+        ranked = sorted(candidates, key=rank, reverse=True)
+        if not ranked:
+            dropped.append(answer[a:b])
+            continue
+        chosen = [ranked[0]]
+        have = covered(ranked[0][3])
+
+        def enough(have: set[int]) -> bool:
+            return sum(weights[i] for i in have) / total >= MIN_CITED and numbers <= have
+
+        if have != set(weights):
+            second = max(ranked[1:], key=lambda c: rank(c, have), default=None)
+            adds = covered(second[3]) - have if second is not None else set()
+            if adds and (not enough(have) or any(weights[i] > 1 for i in adds)):
+                chosen.append(second)
+                have |= adds
+        if not enough(have):
+            dropped.append(answer[a:b])
+            continue
+        chosen.sort(key=lambda c: (c[0], c[1]))
+        kept.append((k, tuple(Quote(c[0], c[1], c[2]) for c in chosen)))
+
+    if not dropped:
+        return answer, [Citation(*spans[k], quotes) for k, quotes in kept], []
+    # the kept sentences, each with the text that stood before it (a line break stays one)
+    text, citations = "", []
+    for k, quotes in kept:
+        a, b = spans[k]
+        gap = answer[spans[k - 1][1]:a] if text and k > 0 else ""
+        text += gap
+        citations.append(Citation(len(text), len(text) + b - a, quotes))
+        text += answer[a:b]
+    return text, citations, dropped
+
+
+def renumber(citations: list[Citation], passages: list[Source]) -> tuple[list[Source], list[Citation]]:
+    """Only the passages quoted, numbered in order of first use, and the citations pointing at
+    those numbers."""
+    order: dict[int, int] = {}
+    for c in citations:
+        for q in c.quotes:
+            order.setdefault(q.source, len(order))
+    return ([passages[n] for n in order],
+            [replace(c, quotes=tuple(replace(q, source=order[q.source]) for q in c.quotes)) for c in citations])

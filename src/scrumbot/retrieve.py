@@ -29,18 +29,28 @@ class Source:
     heading: str = ""
     page: int | None = None
     chunk: int = 0
+    section: str = ""  # the heading path, "Git User Manual › Branching › Creating branches"
+    anchor: str = ""  # the HTML id of the nearest heading that has one ("" if none)
+    root: str = ""  # the folder the file was indexed from
+    start: int = 0  # where the text starts in the file's extracted text
 
     @classmethod
     def from_document(cls, doc: Document, score: float) -> "Source":
         m = doc.metadata
         return cls(source=m.get("source", "?"), text=doc.page_content, score=round(score, 4),
-                   heading=m.get("heading", ""), page=m.get("page"), chunk=m.get("chunk", 0))
+                   heading=m.get("heading", ""), page=m.get("page"), chunk=m.get("chunk", 0),
+                   section=m.get("section", ""), anchor=m.get("anchor", ""), root=m.get("root", ""),
+                   start=m.get("start", 0))
+
+    @property
+    def place(self) -> str:
+        """Where in the course: "user-manual.html › Branching › Creating branches", "a.pdf, p. 4"."""
+        path = self.section or self.heading
+        return f"{self.source}{f' › {path}' if path else ''}{f', p. {self.page}' if self.page else ''}"
 
     @property
     def label(self) -> str:
-        where = f", p. {self.page}" if self.page else ""
-        heading = f" — {self.heading}" if self.heading else ""
-        return f"{self.source}{where}{heading}"
+        return self.place
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -224,6 +234,21 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“(\[]?[A-Z0-9])|\n+")
 
 def sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(text) if s and s.strip()]
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """The (start, end) of each of `sentences(text)` in `text`, without surrounding blanks."""
+    spans, at = [], 0
+    for cut in [*_SENTENCE_END.finditer(text), None]:
+        a, b = at, cut.start() if cut else len(text)
+        while a < b and text[a].isspace():
+            a += 1
+        while b > a and text[b - 1].isspace():
+            b -= 1
+        if b > a:
+            spans.append((a, b))
+        at = cut.end() if cut else len(text)
+    return spans
 
 
 WORD = re.compile(r"[A-Za-z][A-Za-z'’\-]*|\d(?:[\d.,]*\d)?%?")  # "2,000." is the number 2,000

@@ -1,7 +1,10 @@
 """The chat page: build_app(assistant) -> gradio Blocks. Nothing launches at import.
 
-Answers stream into the chat; the passages each answer came from (file name, heading, text)
-are shown beside it, numbered like the citations under the answer. A course picker chooses
+Answers stream into the chat; each sentence ends with the numbers of the passages that say it
+(computed by guard.cite), and under the answer only those passages are listed, with their place
+in the course. A click on a number, of this answer or an older one, shows that answer's
+passages beside the chat with the quoted text marked, and a link opens the original file at
+that place (served by `file_route`, only files the course indexed). A course picker chooses
 which course answers; a trainer also gets the Documents tab (the course's files: upload,
 remove, re-index) and the Trainer tab (what students asked: the report of insights.py). Every
 answer has thumbs up and down; a thumbs-down asks for an optional reason. The chat can be
@@ -27,42 +30,126 @@ from .errors import ConfigError, ScrumbotError
 
 log = logging.getLogger("scrumbot.ui")
 
-NO_SOURCES = "*Sources of the answer appear here.*"
+NO_SOURCES = "<p><em>Sources of the answer appear here: click a number in an answer.</em></p>"
 STOPPED = "*(stopped)*"
 NOT_A_TRAINER = "Only a trainer account may change a course."
 CSS = """
-#sources blockquote { font-size: 0.9em; white-space: pre-wrap; }
+#sources .passage { font-size: 0.9em; white-space: pre-wrap; border-left: 3px solid #ccc; padding-left: 0.6em; }
+#sources mark { background: #ffe066; padding: 0 1px; }
+#sources details { margin-bottom: 0.6em; }
+#sources .not-answering summary::after { content: " — does not answer the question"; font-style: italic; }
 footer { display: none !important; }
 """
+FILE_ROUTE = "scrumbot/file"  # relative: also right when the page is served under a prefix
+# A click on a marker or a source, anywhere in the chat (older answers too), asks the server for
+# that answer's passages (#cite-pick, #cite-show are hidden controls) and then shows the quote.
+HEAD = """<script>
+document.addEventListener("click", (event) => {
+  const link = event.target.closest && event.target.closest('a[href*="#cite-"]');
+  if (!link) return;
+  event.preventDefault();
+  event.stopPropagation();
+  const box = document.querySelector("#cite-pick textarea, #cite-pick input");
+  box.value = link.getAttribute("href").split("#cite-")[1];
+  box.dispatchEvent(new Event("input", {bubbles: true}));
+  setTimeout(() => document.querySelector("#cite-show").click(), 50);
+}, true);
+</script>"""
+SHOW_QUOTE = """() => { setTimeout(() => {
+  const mark = document.querySelector("#sources details[open] mark");
+  if (mark) mark.scrollIntoView({block: "center"});
+}, 100); }"""
 
 
 WHY = "\n\n*Why: "  # the note under a refusal; not part of the answer when it is sent back as history
 
 
-def citations(answer: Answer) -> str:
-    """The numbered source list shown under an answer in the chat; under a refusal, why."""
+def _link_text(text: str) -> str:
+    return html.escape(text).replace("[", "\\[").replace("]", "\\]").replace("*", "\\*").replace("_", "\\_")
+
+
+def marked_text(answer: Answer, turn: int) -> str:
+    """The answer as the chat shows it: each sentence's source numbers, as links to its passages."""
+    return answer.marked(lambda ns: "".join(f"[[{n}]](#cite-{turn}-{n})" for n in ns))
+
+
+def citations(answer: Answer, turn: int = 0) -> str:
+    """The numbered list of the passages an answer quotes, under it in the chat; under a refusal, why."""
     if answer.refused:
         return f"{WHY}{html.escape(answer.reason)}.*" if answer.reason else ""
     if not answer.sources:
         return ""
-    return "\n\n" + "  \n".join(f"[{i}] {html.escape(s.label)}" for i, s in enumerate(answer.sources, 1))
+    return "\n\n" + "  \n".join(f"[{i}] [{_link_text(s.place)}](#cite-{turn}-{i})"
+                                   for i, s in enumerate(answer.sources, 1))
 
 
-_HEADING_MARK = re.compile(r"^(\s*)#")
+_MARKER = re.compile(r" ?\[\[\d+\]\]\(#cite-\d+-\d+\)")
 
 
-def sources_markdown(answer: Answer | None) -> str:
-    if answer is None or not answer.sources:
-        if answer is not None and answer.refused:
-            return "*No passage of the course answers this question.*"
+def _plain(content: str) -> str:
+    """An answer of the chat as it was answered: without markers, source list or note."""
+    return _MARKER.sub("", content.split("\n\n[1] ")[0].split(WHY)[0])
+
+
+def file_key(root: str, source: str) -> str:
+    """A file's name in links: a digest of where it was indexed from (no local path on the page)."""
+    import hashlib
+
+    return hashlib.sha256(f"{root}::{source}".encode()).hexdigest()[:24]
+
+
+def file_link(source, course: str) -> str | None:
+    """Where the original file opens at the passage: a PDF at its page, an HTML page at the
+    section's anchor (other formats at their start)."""
+    if not source.root:
+        return None
+    from urllib.parse import quote
+
+    place = f"#page={source.page}" if source.page else f"#{quote(source.anchor)}" if source.anchor else ""
+    return f"{FILE_ROUTE}/{quote(course)}/{file_key(source.root, source.source)}/{quote(Path(source.source).name)}{place}"
+
+
+def _highlighted(text: str, spans: list[tuple[int, int]]) -> str:
+    """The passage as HTML, the quoted spans in <mark>."""
+    out, at = [], 0
+    for start, end in sorted(spans):
+        if start < at:
+            continue
+        out += [html.escape(text[at:start]), "<mark>", html.escape(text[start:end]), "</mark>"]
+        at = end
+    return "".join(out) + html.escape(text[at:])
+
+
+def _passage(n: int | None, s: dict, opened: bool, css: str = "") -> str:
+    number = f"<b>[{n}]</b> " if n else ""
+    link = (f' · <a href="{html.escape(s["link"])}" target="_blank" rel="noopener">open the file here</a>'
+            if s.get("link") else "")
+    return (f'<details class="{css}"{" open" if opened else ""}><summary>{number}{html.escape(s["place"])} · '
+            f'score {s["score"]:.2f}{link}</summary><div class="passage">'
+            f'{_highlighted(s["text"], [tuple(q) for q in s.get("quotes", [])])}</div></details>')
+
+
+def sources_html(record: dict | None, opened: int | None = None) -> str:
+    """The sources panel for one answer's record (`_record`): its passages, the quotes marked;
+    all open, or only number `opened`. Under a refusal, the closest passages, marked as not
+    answering."""
+    if record is None:
         return NO_SOURCES
-    parts = []
-    for i, s in enumerate(answer.sources, 1):
-        # a Markdown file's "# Heading" stays a line of the passage, not a heading of the panel
-        quoted = "\n".join("> " + _HEADING_MARK.sub(r"\1\\#", html.escape(line))
-                            for line in s.text.splitlines() if line.strip())
-        parts.append(f"**[{i}] {html.escape(s.label)}** · score {s.score:.2f}\n\n{quoted}")
-    return "\n\n".join(parts)
+    if record["refused"]:
+        closest = record.get("closest") or []
+        if not closest:
+            return "<p><em>No passage of the course answers this question.</em></p>"
+        return ("<p><b>Not in the course.</b> Closest passages:</p>"
+                + "".join(_passage(None, s, True, "not-answering") for s in closest))
+    if not record["sources"]:
+        return "<p><em>The sources appear when the answer is complete.</em></p>"
+    head = f'<p class="sources-of">Sources of answer {record["turn"] + 1}: {html.escape(record["question"])}</p>'
+    return head + "".join(_passage(i, s, opened in (None, i)) for i, s in enumerate(record["sources"], 1))
+
+
+def sources_markdown(answer: Answer | None, turn: int = 0, course: str = "") -> str:
+    """The sources panel for an Answer (see sources_html)."""
+    return sources_html(None if answer is None else _record(answer, course, turn))
 
 
 def _text(value) -> str | None:
@@ -107,7 +194,7 @@ def _history(messages: list[dict]) -> list[tuple[str, str]]:
         if m.get("role") == "user":
             question = content
         elif m.get("role") == "assistant" and question is not None:
-            pairs.append((question, content.split("\n\n[1] ")[0].split(WHY)[0]))
+            pairs.append((question, _plain(content)))
             question = None
     return pairs
 
@@ -170,6 +257,7 @@ def make_respond(assistant: Assistant, sessions: Sessions | None = None):
         chat = _chat(chat)
         history = _history(chat)
         message = _text(message) or ""
+        turn = sum(m["role"] == "assistant" for m in chat)  # this answer's number in the chat, from 0
         chat += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         try:
             bot = _course_assistant(assistant, course, request)
@@ -179,7 +267,7 @@ def make_respond(assistant: Assistant, sessions: Sessions | None = None):
                 if session.stop.is_set():
                     break
                 chat[-1] = {"role": "assistant", "content": final.text or "…"}
-                yield "", chat, sources_markdown(final)
+                yield "", chat, sources_markdown(final, turn, bot.course)
             # closing the stream closes the model's own stream and frees the model for the next
             # question (the stream also checks `stop` itself between tokens)
             answers.close()
@@ -188,12 +276,13 @@ def make_respond(assistant: Assistant, sessions: Sessions | None = None):
             if final is not None and not final.done:
                 text = f"{final.text} … {STOPPED}" if final.text else STOPPED
                 chat[-1] = {"role": "assistant", "content": text}
-                session.answers.append({**_record(final, bot.course), "stopped": True})
-                yield "", chat, sources_markdown(final)
+                session.answers.append({**_record(final, bot.course, turn), "stopped": True})
+                yield "", chat, sources_markdown(final, turn, bot.course)
                 return
-            chat[-1] = {"role": "assistant", "content": final.text + citations(final)}
-            session.answers.append(_record(final, bot.course))
-            yield "", chat, sources_markdown(final)
+            chat[-1] = {"role": "assistant", "content": marked_text(final, turn) + citations(final, turn)}
+            record = _record(final, bot.course, turn)
+            session.answers.append(record)
+            yield "", chat, sources_html(record)
         except ScrumbotError as err:
             raise gr.Error(for_the_page(str(err), assistant.settings), print_exception=False) from None
         except Exception:
@@ -204,9 +293,41 @@ def make_respond(assistant: Assistant, sessions: Sessions | None = None):
     return respond
 
 
-def _record(answer: Answer, course: str) -> dict:
-    return {**answer.as_dict(), "question": answer.question, "course": course, "stopped": False,
-            "sources": [{**s.as_dict(), "label": s.label, "text": s.text} for s in answer.sources]}
+def _record(answer: Answer, course: str, turn: int = 0) -> dict:
+    """What the page keeps of an answer: for the export, and for the sources panel when one of
+    its numbers is clicked later. No local folder in it (the page may be remote)."""
+    def page_source(s, quotes=()) -> dict:
+        data = {k: v for k, v in s.as_dict().items() if k != "root"}
+        return {**data, "label": s.label, "place": s.place, "link": file_link(s, course), "quotes": sorted(quotes)}
+
+    quotes: dict[int, set] = {}
+    for c in answer.citations:
+        for q in c.quotes:
+            quotes.setdefault(q.source, set()).add((q.start, q.end))
+    data = answer.as_dict()
+    data.pop("retrieved")
+    return {**data, "question": answer.question, "course": course, "stopped": False, "turn": turn,
+            "marked": answer.marked(),
+            "sources": [page_source(s, quotes.get(i, ())) for i, s in enumerate(answer.sources)],
+            # a refusal shows what came closest, marked as not answering
+            "closest": [page_source(s) for s in answer.retrieved[:2]] if answer.refused else []}
+
+
+def make_show_passage(sessions: "Sessions"):
+    """The handler behind a click on a number: "turn-n" -> that answer's sources, n opened."""
+
+    @_takes_request
+    def show_passage(pick: str, request=None) -> str:
+        m = re.fullmatch(r"(\d+)-(\d+)", (pick or "").strip())
+        if not m:
+            return NO_SOURCES
+        turn, n = int(m.group(1)), int(m.group(2))
+        record = next((a for a in reversed(sessions.get(request).answers) if a.get("turn") == turn), None)
+        if record is None:
+            return "<p><em>That answer's sources are no longer kept (the page was reloaded or the server restarted).</em></p>"
+        return sources_html(record, opened=n)
+
+    return show_passage
 
 
 def _course_assistant(assistant: Assistant, course: str | None, request=None) -> Assistant:
@@ -230,12 +351,14 @@ def conversation_markdown(answers: list[dict]) -> str:
     lines = ["# scrumbot conversation", ""]
     for i, a in enumerate(answers, 1):
         lines += [f"## {i}. {a['question']}", "", f"*Course: {a['course']}*", ""]
-        text = a["answer"] + (f" {STOPPED}" if a.get("stopped") else "")
+        text = a.get("marked") or a["answer"]
+        text += f" {STOPPED}" if a.get("stopped") else ""
         lines += [text, ""]
         if a["refused"] and a.get("reason"):
             lines += [f"*Not answered: {a['reason']}*", ""]
         for n, s in enumerate(a["sources"], 1):
             lines += [f"[{n}] {s['label']} (score {s['score']:.2f})", ""]
+            lines += [f"> **Quoted:** {' '.join(s['text'][q0:q1].split())}" for q0, q1 in s.get("quotes", [])]
             lines += [f"> {line}" for line in s["text"].splitlines() if line.strip()] + [""]
     return "\n".join(lines)
 
@@ -470,7 +593,10 @@ def build_app(assistant: Assistant):
                                            interactive=False, elem_id="exported")
                     with gr.Column(scale=2):
                         gr.Markdown("### Sources")
-                        sources = gr.Markdown(NO_SOURCES, elem_id="sources", sanitize_html=True)
+                        sources = gr.HTML(NO_SOURCES, elem_id="sources")
+                        # what a click on a number asks for (see HEAD): rendered, never shown
+                        pick = gr.Textbox(visible="hidden", elem_id="cite-pick")
+                        show = gr.Button("show", visible="hidden", elem_id="cite-show")
             with gr.Tab("Documents", id="documents-tab", visible=False, elem_id="documents-tab") as docs_tab:
                 gr.Markdown(f"The files of the course picked above. Drop files here to add them "
                             f"({' '.join(SUPPORTED)}, up to {settings.max_file_mb} MB each); a new "
@@ -506,6 +632,8 @@ def build_app(assistant: Assistant):
             respond, [box, chatbot, course], chat_out, api_name=False)
         clear.click(fresh, None, [chatbot, box, sources, exported, reason_form], api_name=False)
         save.click(export, None, exported, api_name=False)
+        show.click(make_show_passage(sessions), [pick], sources, api_name=False, concurrency_limit=None,
+                   concurrency_id="show").then(None, None, None, js=SHOW_QUOTE, api_name=False)
         examples.click(lambda sample: sample[0] if sample else "", examples, box, api_name=False)
         # a new course is a new conversation; its examples follow (they may take a few answers)
         course.change(fresh, None, [chatbot, box, sources, exported, reason_form], api_name=False).then(
@@ -528,7 +656,61 @@ def build_app(assistant: Assistant):
             show_documents, [course], [table, picks], api_name=False).then(
             examples_for, [course], examples, api_name=False)
         app.unload(forget)
+    app.scrumbot_assistant = assistant  # launch() serves its indexed files (add_file_route)
     return app
+
+
+_TYPES = {".pdf": "application/pdf", ".html": "text/html", ".htm": "text/html", ".txt": "text/plain",
+          ".md": "text/plain", ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document"}
+
+
+def indexed_file(assistant: Assistant, course: str, key: str) -> Path | None:
+    """The file a link names: one the course's index holds (never a path from the request),
+    inside the folder it was indexed from (a symlink out of it is not followed)."""
+    try:
+        bot = assistant.for_course(course)
+        documents = bot.documents() if course in {c["course"] for c in assistant.courses()} else []
+    except ScrumbotError:
+        return None
+    for d in documents:
+        if file_key(d["root"], d["source"]) == key:
+            root = Path(d["root"]).resolve()
+            path = (root / d["source"]).resolve()
+            return path if path.is_relative_to(root) and path.is_file() else None
+    return None
+
+
+def add_file_route(server_app, assistant: Assistant) -> None:
+    """GET /scrumbot/file/<course>/<key>/<name>: an indexed file, to open at a passage's place.
+    Behind the page's login when there is one. A course HTML page runs sandboxed (no script,
+    no access to the page's session); other text is sent as plain text."""
+    from fastapi import HTTPException, Request
+    from fastapi.responses import FileResponse
+
+    async def original(course: str, key: str, name: str, request: Request):
+        if server_app.auth is not None and _gradio_user(server_app, request) is None:
+            raise HTTPException(401, "Log in on the chat page first.")
+        path = indexed_file(assistant, course, key)
+        if path is None or path.name != name:
+            raise HTTPException(404, "No such file in this course's index.")
+        kind = _TYPES.get(path.suffix.lower(), "application/octet-stream")
+        headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+        if kind == "text/html":
+            headers["Content-Security-Policy"] = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+        return FileResponse(path, media_type=kind + ("; charset=utf-8" if kind.startswith("text/") else ""),
+                            headers=headers, content_disposition_type="attachment" if kind.endswith("document") else "inline",
+                            filename=path.name)
+
+    # annotations here are strings naming classes imported in this function: FastAPI needs the classes
+    original.__annotations__ = {"course": str, "key": str, "name": str, "request": Request}
+    server_app.add_api_route(f"/{FILE_ROUTE}/{{course}}/{{key}}/{{name}}", original, methods=["GET"])
+
+
+def _gradio_user(server_app, request) -> str | None:
+    """The logged-in user of the page, as Gradio's own routes find it (its access-token cookie)."""
+    token = (request.cookies.get(f"access-token-{server_app.cookie_id}")
+             or request.cookies.get(f"access-token-unsecure-{server_app.cookie_id}"))
+    return server_app.tokens.get(token)
 
 
 def is_loopback(host: str) -> bool:
@@ -606,9 +788,13 @@ def launch(app, settings: Settings, *, block: bool = True):
     # llama.cpp answers one question at a time; others wait in Gradio's queue (the page shows it)
     limit = 1 if settings.llm == "llamacpp" else 4
     auth = settings.accounts() or None
-    return app.queue(default_concurrency_limit=limit, max_size=64).launch(
-        server_name=settings.host, server_port=settings.port, auth=auth, css=CSS,
-        show_error=True, footer_links=[], ssr_mode=False, quiet=True, prevent_thread_lock=not block,
+    served = app.queue(default_concurrency_limit=limit, max_size=64).launch(
+        server_name=settings.host, server_port=settings.port, auth=auth, css=CSS, head=HEAD,
+        show_error=True, footer_links=[], ssr_mode=False, quiet=True, prevent_thread_lock=True,
         # an upload bigger than the limit is refused before it lands on the disk
         max_file_size=settings.max_file_mb * 1024 * 1024,
     )
+    add_file_route(app.server_app, app.scrumbot_assistant)
+    if block:
+        app.block_thread()
+    return served
