@@ -147,7 +147,8 @@ def chroma_server(path: Path, log_path: Path, port: int | None = None) -> Server
 
 def llama_argv(model: Path, alias: str, port: int, api_key: str | None = None) -> list[str]:
     argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
-            "--host", LOOPBACK, "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"]
+            "--host", LOOPBACK, "--port", str(port), "--n_ctx", "2048", "--n_threads", "2",
+            "--interrupt_requests", "False"]
     if api_key:
         argv += ["--api_key", api_key]
     return argv
