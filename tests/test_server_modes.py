@@ -722,7 +722,7 @@ def test_deploying_for_many_users_as_written(tmp_path: Path):
             content = chat[-1]["content"]  # Gradio 6: a list of {"type": "text", "text": ...}
             reply = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
             assert any(w in reply.lower() for w in ("facilitat", "obstacle", "coach")), reply
-            assert "[1] product-owner-101.txt" in reply, reply
+            assert "[1] [product-owner-101.txt" in reply, reply  # a marker links to its source
             assert "product-owner-101.txt" in sources
     finally:
         for process in reversed(background):
