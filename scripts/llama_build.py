@@ -200,6 +200,24 @@ def smoke(model: Path, path: Path | None = None, python: str = sys.executable, t
     return Verdict(True, "ok", data["system_info"], round(data["prefill_tok_s"], 1), round(data["decode_tok_s"], 1))
 
 
+def requirements(wheel: Path) -> list[str]:
+    """The wheel's own run-time requirements (its METADATA's Requires-Dist without an extra)."""
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next((n for n in zf.namelist() if n.endswith(".dist-info/METADATA")), None)
+        text = zf.read(meta).decode() if meta else ""
+    return [line.split(":", 1)[1].strip() for line in text.splitlines()
+            if line.startswith("Requires-Dist:") and "extra ==" not in line]
+
+
+def install_requirements(wheel: Path) -> None:
+    """What the candidate imports besides itself (numpy, diskcache, jinja2, ...), so that a
+    check fails only for the build, never for a missing Python package."""
+    needed = requirements(wheel)
+    if needed:
+        subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "install", *needed],
+                       check=True)
+
+
 def unpack(wheel: Path, into: Path) -> Path:
     """The wheel's files in a folder, importable with it on sys.path (a wheel is a zip)."""
     with zipfile.ZipFile(wheel) as zf:
@@ -221,10 +239,13 @@ class Choice:
 def choose(ladder: tuple[Step, ...], cache: Path, model: Path,
            build: Callable[[Step, Path], Path] = pip_build,
            prove: Callable[[Path, Path], Verdict] | None = None,
-           features: set[str] | None = None, fp: str | None = None) -> Choice:
+           features: set[str] | None = None, fp: str | None = None,
+           prepare: Callable[[Path], None] = install_requirements) -> Choice:
     """The first step of `ladder` whose build runs here: built or taken from `cache`, proven by
-    `prove(model, unpacked_wheel)` in a process of its own. Remembers, per machine, which steps
-    failed (`cache/verdicts.json`), so a later bootstrap does not build or run them again."""
+    `prove(model, unpacked_wheel)` in a process of its own after `prepare(wheel)` installed what
+    it imports. Remembers, per machine, which steps crashed, hung or did not compile
+    (`cache/verdicts.json`), so a later bootstrap does not build or run them again; an error
+    exit is not remembered (it may be the environment's, not the build's)."""
     prove = prove or (lambda m, p: smoke(m, p))
     fp = fp or fingerprint()
     verdicts_file = cache / "verdicts.json"
@@ -239,7 +260,7 @@ def choose(ladder: tuple[Step, ...], cache: Path, model: Path,
         why_not = redundant(step, features)
         if why_not:
             continue
-        if here.get(step.name, "ok") != "ok":
+        if _lasting(here.get(step.name, "ok")):
             log(f"{step.name} build {here[step.name]} on this machine before; not trying it again")
             passed_over.append(f"{step.name} build {here[step.name]}")
             continue
@@ -265,9 +286,13 @@ def choose(ladder: tuple[Step, ...], cache: Path, model: Path,
             tmp.rename(wheel_dir)
             wheel = sorted(wheel_dir.glob("*.whl"))[0]
         log(f"checking the {step.name} build on this machine (load the model, generate a few tokens)")
+        prepare(wheel)
         with tempfile.TemporaryDirectory(prefix="llama-check-") as tmp:
             verdict = prove(model, unpack(wheel, Path(tmp)))
-        here[step.name] = verdict.why
+        if verdict.ok or _lasting(verdict.why):
+            here[step.name] = verdict.why
+        else:
+            here.pop(step.name, None)
         _save(verdicts_file, verdicts)
         if verdict.ok:
             because = ("; ".join(passed_over) + f": using the {step.name} build") if passed_over \
@@ -276,6 +301,11 @@ def choose(ladder: tuple[Step, ...], cache: Path, model: Path,
         log(f"{step.name} build {verdict.why}: trying the next build")
         passed_over.append(f"{step.name} build {verdict.why}")
     raise NoBuildRuns(passed_over)
+
+
+def _lasting(why: str) -> bool:
+    """A verdict that holds for this build on this machine: a crash, a hang, no compile."""
+    return why.startswith(("crashed", "hung", "did not compile"))
 
 
 class NoBuildRuns(Exception):
