@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     record = install(choice)
     log(f"llama.cpp: {choice.because} (the check read {record['prefill_tok_s']:g} prompt tokens/s; "
-        "README \"Performance\" has each build's speed on a quiet machine)")
+        "README \"Performance\" compares every build)")
     return 0
 
 
