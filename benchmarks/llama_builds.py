@@ -71,12 +71,12 @@ def main() -> None:
         if same:
             print(f"{step.name}: not built ({same})", flush=True)
             continue
-        wheel_dir = CACHE / "wheels" / f"llama-{lb.VERSION}-{step.name}-{lb.wheel_key(step, flags)}"
-        if not list(wheel_dir.glob("*.whl")):
+        kept = lb.wheel_dir(CACHE / "wheels", step, flags)
+        if not list(kept.glob("*.whl")):
             print(f"{step.name}: compiling ...", flush=True)
-            wheel_dir.mkdir(parents=True, exist_ok=True)
-            lb.pip_build(step, wheel_dir)
-        wheels[step.name] = sorted(wheel_dir.glob("*.whl"))[0]
+            kept.mkdir(parents=True, exist_ok=True)
+            lb.pip_build(step, kept)
+        wheels[step.name] = sorted(kept.glob("*.whl"))[0]
     results: dict[str, list[dict]] = {name: [] for name in wheels}
     for r in range(args.rounds):
         for name, wheel in wheels.items():

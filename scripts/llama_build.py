@@ -78,15 +78,12 @@ def fingerprint() -> str:
     """Which machine this is, as far as a compiled build cares: the CPU's model and flags as the
     kernel reports them, the kernel, and the machine's id (another machine with the same CPU may
     still forbid an instruction, so a build proven elsewhere is proven again here)."""
-    cpu = model = ""
+    cpu = cpu_flags().partition(":")[2].strip()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")) and not cpu:
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
     except OSError:
-        pass
+        model = ""
     machine_id = ""
     for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
         try:
@@ -126,6 +123,11 @@ def redundant(step: Step, features: set[str] | None) -> str | None:
 
 def wheel_key(step: Step, fp_cpu: str) -> str:
     return hashlib.sha256(f"{step.name}\n{step.cmake_args} {COMMON_ARGS}\n{fp_cpu}".encode()).hexdigest()[:12]
+
+
+def wheel_dir(cache: Path, step: Step, flags: str) -> Path:
+    """Where `step`'s wheel for a CPU with these flags is kept."""
+    return cache / f"llama-{VERSION}-{step.name}-{wheel_key(step, flags)}"
 
 
 def cpu_flags() -> str:
@@ -264,13 +266,13 @@ def choose(ladder: tuple[Step, ...], cache: Path, model: Path,
             log(f"{step.name} build {here[step.name]} on this machine before; not trying it again")
             passed_over.append(f"{step.name} build {here[step.name]}")
             continue
-        wheel_dir = cache / f"llama-{VERSION}-{step.name}-{wheel_key(step, flags)}"
-        wheels = sorted(wheel_dir.glob("*.whl"))
+        kept = wheel_dir(cache, step, flags)
+        wheels = sorted(kept.glob("*.whl"))
         if wheels:
             wheel = wheels[0]
         else:
             log(f"compiling llama-cpp-python {VERSION}, {step.name} build (5-10 minutes on 2 cores, once)")
-            tmp = wheel_dir.with_name(wheel_dir.name + ".tmp")
+            tmp = kept.with_name(kept.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             try:
@@ -282,9 +284,9 @@ def choose(ladder: tuple[Step, ...], cache: Path, model: Path,
                 passed_over.append(f"{step.name} build did not compile")
                 _save(verdicts_file, verdicts)
                 continue
-            shutil.rmtree(wheel_dir, ignore_errors=True)
-            tmp.rename(wheel_dir)
-            wheel = sorted(wheel_dir.glob("*.whl"))[0]
+            shutil.rmtree(kept, ignore_errors=True)
+            tmp.rename(kept)
+            wheel = sorted(kept.glob("*.whl"))[0]
         log(f"checking the {step.name} build on this machine (load the model, generate a few tokens)")
         prepare(wheel)
         with tempfile.TemporaryDirectory(prefix="llama-check-") as tmp:

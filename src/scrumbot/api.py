@@ -549,17 +549,8 @@ class Assistant:
             return None
         from .llm import first_token_probabilities
 
-        with self._model_turn():
-            try:
-                probs = first_token_probabilities(self.llm, judge_messages(inputs), YES_NO)
-            except ScrumbotError:
-                raise
-            except Exception as err:
-                if self.settings.llm == "openai":
-                    from .llm import explain_openai_error
-
-                    raise explain_openai_error(err, self.settings) from err
-                raise
+        with self._model_call():
+            probs = first_token_probabilities(self.llm, judge_messages(inputs), YES_NO)
         return None if probs is None else probs["yes"]
 
     def _standalone(self, question: str, history: History) -> str | None:
@@ -581,6 +572,22 @@ class Assistant:
         OpenAI-compatible server queues or batches requests itself."""
         return self._generate_lock if self.settings.llm != "openai" else contextlib.nullcontext()
 
+    @contextlib.contextmanager
+    def _model_call(self):
+        """A model turn whose failure is told in words: an OpenAI-compatible server's error
+        says what was tried and what to check."""
+        with self._model_turn():
+            try:
+                yield
+            except ScrumbotError:
+                raise
+            except Exception as err:
+                if self.settings.llm == "openai":
+                    from .llm import explain_openai_error
+
+                    raise explain_openai_error(err, self.settings) from err
+                raise
+
     def _generate(self, question: str, passages: list[Source], history: History, inputs: dict,
                   stop: threading.Event | None = None) -> Iterator[str]:
         if self.settings.llm == "extractive":
@@ -592,19 +599,11 @@ class Assistant:
         # Stopping ends the model's own stream at its next token. Closing the chain's stream
         # would not: LangChain reads the model's stream to its end when its consumer stops.
         config = {"callbacks": [_StopAtNextToken(stop)]} if stop is not None else None
-        with self._model_turn():
+        with self._model_call():
             try:
                 yield from self.chain.stream(inputs, config=config)
             except GenerationStopped:
                 return
-            except ScrumbotError:
-                raise
-            except Exception as err:
-                if self.settings.llm == "openai":
-                    from .llm import explain_openai_error
-
-                    raise explain_openai_error(err, self.settings) from err
-                raise
 
 
 _ASKING = re.compile(r"(?i)(what|who|whom|whose|which|when|where|why|how|is|are|can|could|do|does|"
