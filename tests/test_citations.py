@@ -248,3 +248,14 @@ def test_a_number_in_words_is_found_in_digits():
     stored = [Source("retro.md", "- The 4Ls: what the team Liked, Learned, Lacked and Longed for.", 0.6)]
     text, citations, _ = cite("The four Ls are what the team liked, learned, lacked and longed for.", stored)
     assert text and citations[0].markers == [1]
+
+
+
+def test_a_word_the_sentence_says_beats_the_same_word_in_its_heading():
+    # the first sentence stands under a heading naming the variable, but is about something else
+    stored = [Source("a.md", "## The LANG variable\n\nRun commands under the C locale in a non-English environment "
+                     "when you file a bug.", 0.7, section="The LANG variable"),
+              Source("b.md", "The desktop sets the locale as LANG=xx_YY.UTF-8.", 0.6)]
+    _, citations, _ = cite("The default locale is set in the LANG environment variable.", stored)
+    sources, citations = renumber(citations, stored)
+    assert [s.source for s in sources] == ["b.md"]

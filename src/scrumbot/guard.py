@@ -207,6 +207,7 @@ class Citation:
 
 MIN_CITED = 0.5  # the share of a sentence's content words its quotes must hold, as `Grounding` asks
 _READ_BONUS = 0.1  # a sentence the model read wins a near tie with one it did not
+_HEADING_SHARE = 0.5  # a word found only in a sentence's heading, against one in the sentence
 
 
 def _found(words: list[str], i: int, vocabulary: set[str]) -> bool:
@@ -268,7 +269,7 @@ def cite(answer: str, passages: list[Source], question: str = "",
                 a += 1  # a list item's bullet is not part of the quote
             core = p.text[a:b]
             candidates.append((n, a, b, _vocabulary(core) | _vocabulary(heading),
-                               bool(read_text) and core in read_text))
+                               bool(read_text) and core in read_text, _vocabulary(core)))
     course = set().union(*(c[3] for c in candidates)) if candidates else set()
     asked = _vocabulary(question)
 
@@ -287,7 +288,10 @@ def cite(answer: str, passages: list[Source], question: str = "",
                     or _NUMBERS.get(words[i].lower(), "-") in vocabulary}
 
         def rank(c, have: set[int] = frozenset()):
-            gain = sum(weights[i] for i in covered(c[3]) - have) / total
+            # a word the sentence says itself counts whole, one only its heading says half:
+            # "`LANG` ..." beats a sentence about something else under "The $LANG variable"
+            own = covered(c[5]) - have
+            gain = sum(weights[i] * (1.0 if i in own else _HEADING_SHARE) for i in covered(c[3]) - have) / total
             return (gain + _READ_BONUS * c[4], -c[0], -c[1])
 
         ranked = sorted(candidates, key=rank, reverse=True)
