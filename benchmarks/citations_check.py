@@ -18,7 +18,9 @@ Every answerable question of the file (of `--split`) is asked once, into a tempo
 
 Out-of-scope questions are skipped: a refusal has no citations to judge.
 
-`--requote RUN.json` asks no model: it takes the answers of an earlier run, finds the same
+`--requote RUN.json` asks no model: it takes the answers of an earlier run (this script's
+`--json`, or `scrumbot eval --json`: one live evaluation then gives both the quality and the
+citation numbers), finds the same
 passages again (retrieval is deterministic) and cites them with the current code — for a change
 to the citing alone, measured on the same answers."""
 
@@ -100,6 +102,15 @@ def requote(bot, question: str, marked: str) -> Answer:
     return Answer(cited, False, sources, question, citations=citations)
 
 
+def _earlier_answers(path: Path) -> dict[str, str]:
+    """Answers (not refusals) of an earlier run: this script's --json, or `scrumbot eval --json`."""
+    run = json.loads(path.read_text())
+    if "rows" in run:
+        return {r["id"]: r["answer"] for r in run["rows"]}
+    results = run["systems"]["scrumbot"]["results"]
+    return {r["case"]["id"]: r["answer"] for r in results if not r["refused"] and not r["case"]["refuse"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("questions", type=Path)
@@ -119,7 +130,7 @@ def main() -> None:
             row = json.loads(line)
             evidence[row.get("id")] = row.get("evidence")
 
-    earlier = {r["id"]: r["answer"] for r in json.loads(args.requote.read_text())["rows"]} if args.requote else {}
+    earlier = _earlier_answers(args.requote) if args.requote else {}
     if args.requote:
         cases = [c for c in cases if c.id in earlier]
     rows, refusals, t0 = [], [], time.perf_counter()
