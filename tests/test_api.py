@@ -382,26 +382,6 @@ def test_the_judge_refuses_below_its_threshold_and_says_so(settings, corpus, p_y
         assert a.reason == "" and len(llm.calls) == 2  # the judge, then the answer
 
 
-@pytest.mark.parametrize("p_yes, refused", [(0.2, True), (0.8, False)])
-def test_the_answer_is_judged_after_it_is_written_and_withheld_below_the_threshold(settings, corpus, p_yes, refused):
-    llm = JudgedChatModel(p_yes=p_yes)
-    llm.calls = []
-    bot = Assistant(settings.replace(min_score=0.2, min_answerable=0, min_supported=0.5), embeddings=FakeEmbeddings(),
-                    embedder_name="fake", llm=llm)
-    bot.index([corpus])
-    a = bot.answer(IN_SCOPE)
-    assert a.refused is refused and a.scores["supported"] == pytest.approx(p_yes, abs=1e-3)
-    assert "answerable" not in a.scores and len(llm.calls) == 2  # the answer, then the check of it
-    *conversation, said, check = llm.calls[1]
-    assert conversation[-1].content.startswith("Course passages:")  # the answer's own prompt
-    assert said.type == "ai" and said.content.strip() and check.content.endswith("Reply yes or no.")
-    if refused:
-        assert a.reason == f"the answer may not be what the passages say (p = {p_yes:.2f}, needs 0.50)"
-        assert a.text == NOT_COVERED and not a.citations
-    else:
-        assert a.reason == "" and a.citations
-
-
 def test_without_log_probabilities_the_judge_is_skipped(bot):
     """The echo model reports none: nothing is decided on a made-up probability."""
     a = bot.answer(IN_SCOPE)

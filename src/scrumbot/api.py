@@ -24,7 +24,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.chat_models import BaseChatModel
 
 from .chain import (NOT_COVERED, SYSTEM, YES_NO, build_chain, chain_inputs, extractive_answer, is_refusal,
-                    judge_messages, standalone_question, support_messages)
+                    judge_messages, standalone_question)
 from .config import DEFAULT_COURSE, Settings, apply_offline_env, check_course
 from .errors import BadQuestionError, ConfigError, ScrumbotError
 from .models import EMBEDDER_NAME, embedder_path
@@ -535,13 +535,6 @@ class Assistant:
         if not citations or not any(c.quotes for c in citations):
             yield refused("the answer was withheld: no passage sentence supports it")
             return
-        p = self._supported(inputs, text)
-        if p is not None:
-            scores["supported"] = round(p, 4)
-            if p < self.settings.min_supported:
-                yield refused(f"the answer may not be what the passages say (p = {p:.2f}, "
-                              f"needs {self.settings.min_supported:.2f})")
-                return
         sources, citations = renumber(citations, passages)
         timings["total_s"] = round(time.perf_counter() - t0, 4)
         if cited != shown and cited.startswith(shown):
@@ -558,17 +551,6 @@ class Assistant:
 
         with self._model_call():
             probs = first_token_probabilities(self.llm, judge_messages(inputs), YES_NO)
-        return None if probs is None else probs["yes"]
-
-    def _supported(self, inputs: dict, answer: str) -> float | None:
-        """The model's probability that its answer is what the passages say about the question
-        (None: no model, no log-probabilities, or the check is off)."""
-        if self.settings.llm == "extractive" or self.settings.min_supported <= 0 and not self.settings.judge_always:
-            return None
-        from .llm import first_token_probabilities
-
-        with self._model_call():
-            probs = first_token_probabilities(self.llm, support_messages(inputs, answer), YES_NO)
         return None if probs is None else probs["yes"]
 
     def _standalone(self, question: str, history: History) -> str | None:

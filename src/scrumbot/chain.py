@@ -52,20 +52,6 @@ JUDGE = "Do the course passages above contain the answer to this question? Reply
 YES_NO = {"yes": ("Yes", "yes", "YES"), "no": ("No", "no", "NO")}
 
 
-# Asked after the answer, in the same conversation (the passages, the question and the answer
-# are llama.cpp's cached tokens, so it costs only its own ~25 tokens): the model's probability
-# that what it said is what the passages say about what was asked. A fact moved from a
-# neighbouring passage ("the CSPO pass mark" given from the CSM's) is what it is there to catch;
-# threshold Settings.min_supported, chosen on the dev split.
-SUPPORTED = ("Check your answer against the course passages: do they say exactly this about what "
-             "my question asks about? Reply yes or no.")
-
-
-def support_messages(inputs: dict, answer: str) -> list:
-    """The answer's own prompt and reply, then the yes/no question about the reply."""
-    return build_prompt().format_messages(**inputs) + [AIMessage(answer), HumanMessage(SUPPORTED)]
-
-
 def judge_messages(inputs: dict) -> list:
     """The answer's own prompt, with the yes/no question after the user's question."""
     messages = build_prompt().format_messages(**inputs)

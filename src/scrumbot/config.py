@@ -90,10 +90,7 @@ class Settings:
     # the model's probability that the passages answer the question, below which it is refused
     # ("the passages do not answer it"); 0 turns the check off. Chosen on the eval's dev split.
     min_answerable: float = 0.6
-    # the model's probability, asked after its answer, that the passages say exactly that about
-    # what was asked, below which the answer is withheld; 0 turns the check off
-    min_supported: float = 0.0
-    judge_always: bool = False  # compute both probabilities even when the checks are off (calibration)
+    judge_always: bool = False  # compute that probability even when the check is off (calibration)
 
     # generation
     llm: str = "llamacpp"  # llamacpp | openai | extractive
