@@ -259,3 +259,13 @@ def test_a_word_the_sentence_says_beats_the_same_word_in_its_heading():
     _, citations, _ = cite("The default locale is set in the LANG environment variable.", stored)
     sources, citations = renumber(citations, stored)
     assert [s.source for s in sources] == ["b.md"]
+
+
+def test_code_in_the_answer_is_quoted_from_the_sentence_that_writes_it():
+    # the first sentence shares more of the answer's words; only the second writes its command
+    stored = [Source("a.md", "The git log command shows the history of every commit with its author and date.", 0.7),
+              Source("b.md", "With -p, as in `git log -p`, the patch is shown too.", 0.6)]
+    _, citations, _ = cite("The `git log -p` command shows every commit with its diff.", stored)
+    sources, citations = renumber(citations, stored)
+    assert "With -p, as in `git log -p`, the patch is shown too." in [
+        sources[q.source].text[q.start:q.end] for q in citations[0].quotes]

@@ -208,6 +208,16 @@ class Citation:
 MIN_CITED = 0.5  # the share of a sentence's content words its quotes must hold, as `Grounding` asks
 _READ_BONUS = 0.1  # a sentence the model read wins a near tie with one it did not
 _HEADING_SHARE = 0.5  # a word found only in a sentence's heading, against one in the sentence
+_CODE = re.compile(r"`([^`\n]+)`")
+
+
+def _flat(text: str) -> str:
+    """Text as code is compared: lower case, without code marks and quotes, spaces single."""
+    return " ".join(re.sub(r"[`\"“”‘’']", " ", text.lower()).split())
+
+
+def _codes(sentence: str) -> list[str]:
+    return [code for code in dict.fromkeys(_flat(m) for m in _CODE.findall(sentence)) if len(code) >= 2]
 
 
 def _found(words: list[str], i: int, vocabulary: set[str]) -> bool:
@@ -269,7 +279,7 @@ def cite(answer: str, passages: list[Source], question: str = "",
                 a += 1  # a list item's bullet is not part of the quote
             core = p.text[a:b]
             candidates.append((n, a, b, _vocabulary(core) | _vocabulary(heading),
-                               bool(read_text) and core in read_text, _vocabulary(core)))
+                               bool(read_text) and core in read_text, _vocabulary(core), _flat(core)))
     course = set().union(*(c[3] for c in candidates)) if candidates else set()
     asked = _vocabulary(question)
 
@@ -278,20 +288,26 @@ def cite(answer: str, passages: list[Source], question: str = "",
     dropped: list[str] = []
     for k, (a, b) in enumerate(spans):
         words, weights, numbers = _claim(answer[a:b], asked, course)
+        # the answer's code (`git log -p`, `master@{yesterday}`) weighs as a name, found as a
+        # string: its words alone ("log", "p") say little
+        codes = {-1 - j: code for j, code in enumerate(_codes(answer[a:b]))}
+        weights.update({i: 2.0 for i in codes})
         if not weights:
             kept.append((k, ()))
             continue
         total = sum(weights.values())
 
-        def covered(vocabulary: set[str]) -> set[int]:  # "four" is found as the 4 of "4Ls"
-            return {i for i in weights if _found(words, i, vocabulary)
-                    or _NUMBERS.get(words[i].lower(), "-") in vocabulary}
+        def covered(c, own: bool = False) -> set[int]:  # "four" is found as the 4 of "4Ls"
+            vocabulary = c[5] if own else c[3]
+            return ({i for i in weights if i >= 0 and (_found(words, i, vocabulary)
+                     or _NUMBERS.get(words[i].lower(), "-") in vocabulary)}
+                    | {i for i, code in codes.items() if code in c[6]})
 
         def rank(c, have: set[int] = frozenset()):
             # a word the sentence says itself counts whole, one only its heading says half:
             # "`LANG` ..." beats a sentence about something else under "The $LANG variable"
-            own = covered(c[5]) - have
-            gain = sum(weights[i] * (1.0 if i in own else _HEADING_SHARE) for i in covered(c[3]) - have) / total
+            own = covered(c, own=True) - have
+            gain = sum(weights[i] * (1.0 if i in own else _HEADING_SHARE) for i in covered(c) - have) / total
             return (gain + _READ_BONUS * c[4], -c[0], -c[1])
 
         ranked = sorted(candidates, key=rank, reverse=True)
@@ -299,14 +315,14 @@ def cite(answer: str, passages: list[Source], question: str = "",
             dropped.append(answer[a:b])
             continue
         chosen = [ranked[0]]
-        have = covered(ranked[0][3])
+        have = covered(ranked[0])
 
         def enough(have: set[int]) -> bool:
             return sum(weights[i] for i in have) / total >= MIN_CITED and numbers <= have
 
         if have != set(weights):
             second = max(ranked[1:], key=lambda c: rank(c, have), default=None)
-            adds = covered(second[3]) - have if second is not None else set()
+            adds = covered(second) - have if second is not None else set()
             if adds and (not enough(have) or any(weights[i] > 1 for i in adds)):
                 chosen.append(second)
                 have |= adds
