@@ -263,9 +263,10 @@ FOCUS = {"o09", "x06", "x11", "x13", "x15", "r01", "r02", "r03", "r06", "r08", "
 
 # This set was tuned on (it is the dev split): the floors guard the mechanisms against
 # regressions, they are not the quality claim (that is the test split, README "Answer quality").
-# Measured on this subset with the current pipeline: 10/11 answerable, 3/8 refused. The number
-# rule that refused r03, r06 and r08 went (it lost answerable questions on the real courses'
-# test split); r02 and d05.3 pass the judge at p 0.78 and 0.88.
+# Measured on this subset with the current pipeline: 10/11 answerable, 5/8 refused (3/8 before
+# the judge's "exactly this question" wording). The number rule that refused r03, r06 and r08
+# went (it lost answerable questions on the real courses' test split); r03, r08 and d05.3 pass
+# the judge.
 FLOOR_ANSWERABLE, FLOOR_REFUSALS = 90.0, 37.5
 
 
@@ -295,10 +296,11 @@ SLICES = {
     "product-owner": ([REPO / "eval/po-test.jsonl"], [CORPUS, EXTRA]),
 }
 SLICE_ANSWERABLE, SLICE_OUT_OF_SCOPE = 8, 4
-# measured on these slices: git 7/8 and 3/4, Debian Reference 7/8 and 4/4, Product Owner 7/8
-# and 1/4; a floor is one case below, as another llama.cpp build may flip one greedy answer,
-# except Product Owner's refusals, held at the 1 of 4 it measures (README: the number rule's cost)
-SLICE_FLOORS = {"git": (75.0, 50.0), "debian-reference": (75.0, 75.0), "product-owner": (75.0, 25.0)}
+# measured on these slices (the judge's "exactly this question" wording): git 6/8 and 4/4,
+# Debian Reference 7/8 and 4/4, Product Owner 7/8 and 1/4; a floor is one case below, as another
+# llama.cpp build may flip one greedy answer, except Product Owner's refusals, held at the 1 of 4
+# it measures (README: facts moved between similar things are the open problem)
+SLICE_FLOORS = {"git": (62.5, 75.0), "debian-reference": (75.0, 75.0), "product-owner": (75.0, 25.0)}
 
 
 @pytest.mark.slow
