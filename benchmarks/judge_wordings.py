@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/judge_wordings.py --split dev
 
 For every first-turn question of each course's split: retrieve and read as the pipeline does,
-then the model's P(yes) under each wording (the answer's own prompt with the question appended,
-as chain.judge_messages builds it; llama.cpp reuses the passages' cached tokens, so each extra
+then the model's P(yes) under each wording (chain.judge_messages: the answer's own prompt with the
+question appended; llama.cpp reuses the passages' cached tokens, so each extra
 wording costs only its own ~25 tokens). Prints the ROC AUC of P(yes), answerable against
 out-of-scope, per wording and course; --json keeps every probability, to sweep a threshold
 against an evaluation's right/wrong answers (the answer does not depend on the judge's wording)."""
@@ -23,10 +23,8 @@ from scrumbot.config import Settings, apply_offline_env  # noqa: E402
 
 apply_offline_env()
 
-from langchain_core.messages import HumanMessage  # noqa: E402
-
 from scrumbot import evaluate  # noqa: E402
-from scrumbot.chain import JUDGE, YES_NO, build_prompt, chain_inputs  # noqa: E402
+from scrumbot.chain import JUDGE, YES_NO, chain_inputs, judge_messages  # noqa: E402
 from scrumbot.evaluate import _index_for  # noqa: E402
 from scrumbot.guard import clean_passages  # noqa: E402
 from scrumbot.llm import first_token_probabilities  # noqa: E402
@@ -74,8 +72,7 @@ def main() -> None:
                     inputs = chain_inputs(retrieval.query, bot.retriever.focus(retrieval, clean_passages(passages)), [],
                                           settings.max_context_chars)
                     for name, wording in WORDINGS.items():
-                        messages = build_prompt().format_messages(**inputs)
-                        messages[-1] = HumanMessage(f"{messages[-1].content}\n\n{wording.format(q=retrieval.query)}")
+                        messages = judge_messages(inputs, wording.format(q=retrieval.query))
                         with bot._model_call():
                             row[name] = first_token_probabilities(bot.llm, messages, YES_NO)["yes"]
                 rows.append(row)

@@ -250,7 +250,6 @@ def test_a_number_in_words_is_found_in_digits():
     assert text and citations[0].markers == [1]
 
 
-
 def test_a_word_the_sentence_says_beats_the_same_word_in_its_heading():
     # the first sentence stands under a heading naming the variable, but is about something else
     stored = [Source("a.md", "## The LANG variable\n\nRun commands under the C locale in a non-English environment "

@@ -56,10 +56,10 @@ JUDGE = "Is the answer to exactly this question written in the course passages a
 YES_NO = {"yes": ("Yes", "yes", "YES"), "no": ("No", "no", "NO")}
 
 
-def judge_messages(inputs: dict) -> list:
-    """The answer's own prompt, with the yes/no question after the user's question."""
+def judge_messages(inputs: dict, judge: str = JUDGE) -> list:
+    """The answer's own prompt, with the yes/no question (`judge`) after the user's question."""
     messages = build_prompt().format_messages(**inputs)
-    messages[-1] = HumanMessage(f"{messages[-1].content}\n\n{JUDGE}")
+    messages[-1] = HumanMessage(f"{messages[-1].content}\n\n{judge}")
     return messages
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from .retrieve import STOP as _STOP
 from .retrieve import WORD as _WORD
@@ -211,6 +212,18 @@ _HEADING_SHARE = 0.5  # a word found only in a sentence's heading, against one i
 _CODE = re.compile(r"`([^`\n]+)`")
 
 
+class _Candidate(NamedTuple):
+    """A passage sentence that may be quoted."""
+
+    source: int  # the passage's index
+    start: int  # the sentence's span in the passage text
+    end: int
+    vocabulary: set[str]  # its words and its heading's
+    read: bool  # the model read it (it is in the focused passages)
+    own: set[str]  # its words alone
+    flat: str  # its text as code is compared (_flat)
+
+
 def _flat(text: str) -> str:
     """Text as code is compared: lower case, without code marks and quotes, spaces single."""
     return " ".join(re.sub(r"[`\"“”‘’']", " ", text.lower()).split())
@@ -265,7 +278,7 @@ def cite(answer: str, passages: list[Source], question: str = "",
     Returns (the answer without the sentences that claim something no passage supports, a
     Citation per remaining sentence with spans into that text, the sentences left out)."""
     read_text = " ".join(read or [])
-    candidates = []  # (passage, start, end, vocabulary with its section's, read by the model)
+    candidates: list[_Candidate] = []
     for n, p in enumerate(passages):
         heading = p.section or p.heading  # what a sentence under it is about ("The CSPO exam")
         for a, b in sentence_spans(p.text):
@@ -278,9 +291,10 @@ def cite(answer: str, passages: list[Source], question: str = "",
             while a < b and p.text[a] in " \t•*–-" and not p.text[a + 1:a + 2].isdigit():
                 a += 1  # a list item's bullet is not part of the quote
             core = p.text[a:b]
-            candidates.append((n, a, b, _vocabulary(core) | _vocabulary(heading),
-                               bool(read_text) and core in read_text, _vocabulary(core), _flat(core)))
-    course = set().union(*(c[3] for c in candidates)) if candidates else set()
+            own = _vocabulary(core)
+            candidates.append(_Candidate(n, a, b, own | _vocabulary(heading), bool(read_text) and core in read_text,
+                                         own, _flat(core)))
+    course = set().union(*(c.vocabulary for c in candidates)) if candidates else set()
     asked = _vocabulary(question)
 
     spans = sentence_spans(answer)
@@ -297,18 +311,18 @@ def cite(answer: str, passages: list[Source], question: str = "",
             continue
         total = sum(weights.values())
 
-        def covered(c, own: bool = False) -> set[int]:  # "four" is found as the 4 of "4Ls"
-            vocabulary = c[5] if own else c[3]
+        def covered(c: _Candidate, own: bool = False) -> set[int]:  # "four" is found as the 4 of "4Ls"
+            vocabulary = c.own if own else c.vocabulary
             return ({i for i in weights if i >= 0 and (_found(words, i, vocabulary)
                      or _NUMBERS.get(words[i].lower(), "-") in vocabulary)}
-                    | {i for i, code in codes.items() if code in c[6]})
+                    | {i for i, code in codes.items() if code in c.flat})
 
-        def rank(c, have: set[int] = frozenset()):
+        def rank(c: _Candidate, have: set[int] = frozenset()):
             # a word the sentence says itself counts whole, one only its heading says half:
             # "`LANG` ..." beats a sentence about something else under "The $LANG variable"
             own = covered(c, own=True) - have
             gain = sum(weights[i] * (1.0 if i in own else _HEADING_SHARE) for i in covered(c) - have) / total
-            return (gain + _READ_BONUS * c[4], -c[0], -c[1])
+            return (gain + _READ_BONUS * c.read, -c.source, -c.start)
 
         ranked = sorted(candidates, key=rank, reverse=True)
         if not ranked:
@@ -329,8 +343,8 @@ def cite(answer: str, passages: list[Source], question: str = "",
         if not enough(have):
             dropped.append(answer[a:b])
             continue
-        chosen.sort(key=lambda c: (c[0], c[1]))
-        kept.append((k, tuple(Quote(c[0], c[1], c[2]) for c in chosen)))
+        chosen.sort(key=lambda c: (c.source, c.start))
+        kept.append((k, tuple(Quote(c.source, c.start, c.end) for c in chosen)))
 
     if not dropped:
         return answer, [Citation(*spans[k], quotes) for k, quotes in kept], []
