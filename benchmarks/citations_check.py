@@ -36,7 +36,7 @@ from pathlib import Path
 from scrumbot.api import Answer
 from scrumbot.config import Settings
 from scrumbot.evaluate import _index_for, load
-from scrumbot.guard import clean_passages, cite, renumber
+from scrumbot.guard import cite, renumber
 from scrumbot.retrieve import terms
 
 
@@ -93,9 +93,9 @@ def requote(bot, question: str, marked: str) -> Answer:
     """An earlier run's answer, cited again as the pipeline cites (api.Assistant._stream)."""
     text = re.sub(r" (\[\d+\])+", "", marked)
     retrieval = bot.retriever.retrieve(question)
-    passages = [p for p in retrieval.passages if p.score >= bot.settings.min_score]
-    focused = bot.retriever.focus(retrieval, clean_passages(passages))
-    cited, citations, _ = cite(text, passages, retrieval.query, read=[p.text for p in focused])
+    reading = bot._read(retrieval)
+    passages = reading.passages
+    cited, citations, _ = cite(text, passages, retrieval.query, read=[p.text for p in reading.focused])
     if not any(c.quotes for c in citations):
         return Answer("", True, question=question, reason="no passage sentence supports it (requoted)")
     sources, citations = renumber(citations, passages)

@@ -24,9 +24,8 @@ from scrumbot.config import Settings, apply_offline_env  # noqa: E402
 apply_offline_env()
 
 from scrumbot import evaluate  # noqa: E402
-from scrumbot.chain import JUDGE, YES_NO, chain_inputs, judge_messages  # noqa: E402
+from scrumbot.chain import JUDGE, YES_NO, judge_messages  # noqa: E402
 from scrumbot.evaluate import _index_for  # noqa: E402
-from scrumbot.guard import clean_passages  # noqa: E402
 from scrumbot.llm import first_token_probabilities  # noqa: E402
 
 COURSES = {
@@ -68,9 +67,7 @@ def main() -> None:
                 retrieval = bot.retriever.retrieve(case.q)
                 row = {"course": course, "id": case.id, "refuse": case.refuse, "gate": not bot.retriever.covered(retrieval)}
                 if not row["gate"]:
-                    passages = [p for p in retrieval.passages if p.score >= settings.min_score]
-                    inputs = chain_inputs(retrieval.query, bot.retriever.focus(retrieval, clean_passages(passages)), [],
-                                          settings.max_context_chars)
+                    inputs = bot._read(retrieval).inputs
                     for name, wording in WORDINGS.items():
                         messages = judge_messages(inputs, wording.format(q=retrieval.query))
                         with bot._model_call():

@@ -18,7 +18,7 @@ import time
 import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.chat_models import BaseChatModel
@@ -31,7 +31,7 @@ from .models import EMBEDDER_NAME, embedder_path
 from .guard import Citation, Grounding, cite, clean_passages, renumber
 from .insights import (FEEDBACK_REASONS, QuestionLog, Report, Row, build_report, course_of, new_id,  # noqa: F401
                        parse_since, scrub)
-from .retrieve import Retriever, Source
+from .retrieve import Retrieval, Retriever, Source
 from .ingest import SkipFile, upload_name
 from .store import IndexReport, Store
 
@@ -96,6 +96,16 @@ class Answer:
             "log_id": self.log_id,
             "conversation_id": self.conversation_id,
         }
+
+
+class Reading(NamedTuple):
+    """What the model reads of a retrieval (Assistant._read)."""
+
+    passages: list[Source]  # those close enough to the question: the ones an answer may cite
+    readable: list[Source]  # the same without sentences addressed to the model (checked against)
+    focused: list[Source]  # cut to the sentences closest to the question (what the model reads)
+    history: History  # the conversation the model sees (none once the question stands alone)
+    inputs: dict  # the chain's {context, question, history}
 
 
 def _huggingface_embeddings() -> Embeddings:
@@ -480,17 +490,12 @@ class Assistant:
             yield refused(f"no passage close enough to the question (best {retrieval.top_score:.2f}, "
                           f"needs {self.settings.min_score:.2f})")
             return
-        passages = [p for p in retrieval.passages if p.score >= self.settings.min_score]
-        # read: without sentences addressed to the model (guard.py), only the sentences closest
-        # to the question (prefill is the cost); a follow-up as it was searched, rewritten to
-        # stand alone, and without the history once it stands alone
-        readable = clean_passages(passages)
-        focused = self.retriever.focus(retrieval, readable) if readable else []
+        # read
+        reading = self._read(retrieval, history)
+        passages, focused, inputs = reading.passages, reading.focused, reading.inputs
         if not any(p.text.strip() for p in focused):
             yield refused("the passages found hold nothing the model may read")
             return
-        context = [] if retrieval.standalone else history
-        inputs = chain_inputs(retrieval.query, focused, context, self.settings.max_context_chars)
         # judge
         p = self._answerable(inputs)
         if p is not None:
@@ -500,11 +505,11 @@ class Assistant:
                 yield refused(f"the passages do not answer it (p = {p:.2f}, needs {self.settings.min_answerable:.2f})")
                 return
         # generate, showing only what is grounded so far
-        grounding = Grounding(readable, retrieval.query, SYSTEM)
+        grounding = Grounding(reading.readable, retrieval.query, SYSTEM)
         partial = Answer("", False, [], question, False, timings, scores=scores, retrieved=retrieved)
         yield partial
         text = shown = ""
-        for piece in self._generate(retrieval.query, focused, context, inputs, stop):
+        for piece in self._generate(retrieval.query, focused, reading.history, inputs, stop):
             if not text:
                 timings["first_token_s"] = round(time.perf_counter() - t0, 4)
             text += piece
@@ -541,6 +546,19 @@ class Assistant:
             yield replace(partial, text=cited)
         yield Answer(cited, False, sources, question, True, timings, scores=scores, citations=citations,
                      retrieved=retrieved)
+
+    def _read(self, retrieval: Retrieval, history: History | None = None) -> Reading:
+        """What the model reads of what was retrieved: the passages close enough, without
+        sentences addressed to the model (guard.py), cut to the sentences closest to the question
+        (prefill is the cost); a follow-up as it was searched (rewritten to stand alone), and
+        without the history once it stands alone. The answer (`_stream`), and the benchmarks
+        that judge or cite outside it, read the same way."""
+        passages = [p for p in retrieval.passages if p.score >= self.settings.min_score]
+        readable = clean_passages(passages)
+        focused = self.retriever.focus(retrieval, readable) if readable else []
+        context = [] if retrieval.standalone else list(history or [])
+        return Reading(passages, readable, focused, context,
+                       chain_inputs(retrieval.query, focused, context, self.settings.max_context_chars))
 
     def _answerable(self, inputs: dict) -> float | None:
         """The model's probability that the passages answer the question (None: no model, or a
