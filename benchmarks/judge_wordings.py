@@ -28,12 +28,8 @@ from scrumbot.chain import JUDGE, YES_NO, judge_messages  # noqa: E402
 from scrumbot.evaluate import _index_for  # noqa: E402
 from scrumbot.llm import first_token_probabilities  # noqa: E402
 
-COURSES = {
-    "git": ("eval/courses/git/questions.jsonl", ["eval/courses/git"]),
-    "debian-reference": ("eval/courses/debian-reference/questions.jsonl", ["eval/courses/debian-reference"]),
-    "product-owner": ({"dev": "eval/course-questions.jsonl", "test": "eval/po-test.jsonl"},
-                      ["corpus", "eval/extra-corpus"]),
-}
+COURSES = {name: ([REPO / f for f in c["questions"]], [REPO / f for f in c["corpus"]])
+           for name, c in json.loads((REPO / "eval/courses.json").read_text()).items() if name != "_"}
 WORDINGS = {
     "before": "Do the course passages above contain the answer to this question? Reply yes or no.",
     "current": JUDGE,
@@ -59,10 +55,10 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for course, (questions, corpus) in COURSES.items():
-        questions = questions[args.split] if isinstance(questions, dict) else questions
-        cases = [c for conv in evaluate.load([REPO / questions], args.split) for c in conv if c.turn == 0]
+        # questions on their own: a dialogue's turns are judged with their conversation
+        cases = [c for conv in evaluate.load(questions, args.split) for c in conv if c.dialogue is None]
         settings = Settings.from_env()
-        with _index_for(settings, [REPO / c for c in corpus], None) as bot:
+        with _index_for(settings, corpus, None) as bot:
             for n, case in enumerate(cases, 1):
                 retrieval = bot.retriever.retrieve(case.q)
                 row = {"course": course, "id": case.id, "refuse": case.refuse, "gate": not bot.retriever.covered(retrieval)}

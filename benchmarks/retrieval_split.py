@@ -11,6 +11,7 @@ file among the passages) and how many answerable / out-of-scope questions the ga
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -25,12 +26,8 @@ apply_offline_env()
 from scrumbot import evaluate  # noqa: E402
 from scrumbot.api import Assistant  # noqa: E402
 
-COURSES = {
-    "git": ([REPO / "eval/courses/git/questions.jsonl"], [REPO / "eval/courses/git"]),
-    "debian-reference": ([REPO / "eval/courses/debian-reference/questions.jsonl"], [REPO / "eval/courses/debian-reference"]),
-    "product-owner": ([REPO / "eval/course-questions.jsonl", REPO / "eval/dialogues.jsonl", REPO / "eval/po-test.jsonl"],
-                      [REPO / "corpus", REPO / "eval/extra-corpus"]),
-}
+COURSES = {name: ([REPO / f for f in c["questions"]], [REPO / f for f in c["corpus"]])
+           for name, c in json.loads((REPO / "eval/courses.json").read_text()).items() if name != "_"}
 
 
 def main() -> None:

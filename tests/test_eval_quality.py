@@ -289,12 +289,8 @@ def test_own_eval_subset_with_extra_documents_and_follow_ups(real_bot, tmp_path)
 # first out-of-scope ones in file order, asked with the real model over the real course files.
 # The floors sit below what the full test split measures (README "Answer quality"), so a
 # regression in retrieval, reading, the judge or the verifier fails CI.
-SLICES = {
-    "git": ([REPO / "eval/courses/git/questions.jsonl"], [REPO / "eval/courses/git"]),
-    "debian-reference": ([REPO / "eval/courses/debian-reference/questions.jsonl"],
-                         [REPO / "eval/courses/debian-reference"]),
-    "product-owner": ([REPO / "eval/po-test.jsonl"], [CORPUS, EXTRA]),
-}
+SLICES = {name: ([REPO / f for f in c["questions"]], [REPO / f for f in c["corpus"]])
+          for name, c in json.loads((REPO / "eval/courses.json").read_text()).items() if name != "_"}
 SLICE_ANSWERABLE, SLICE_OUT_OF_SCOPE = 8, 4
 # measured on these slices (the judge's "exactly this question" wording): git 6/8 and 4/4,
 # Debian Reference 7/8 and 4/4, Product Owner 7/8 and 1/4; a floor is one case below, as another
