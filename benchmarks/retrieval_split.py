@@ -5,7 +5,9 @@ course's questions, with the real embedder and no LLM:
 
 For every answerable question (first turns of dialogues included, follow-up turns left out:
 they are searched after the model rewrites them) it prints hit@1 and hit@k (an expected source
-file among the passages) and how many answerable / out-of-scope questions the gate
+file among the passages), "answer read" (the text the model reads, Assistant._read, holds a
+string of each of the question's `must` groups: the right passage, not only the right file,
+and its right sentences) and how many answerable / out-of-scope questions the gate
 (SCRUMBOT_MIN_SCORE on the best passage's cosine) would refuse."""
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ def main() -> None:
             embeddings = bot.embeddings
             for hybrid in (False, True):
                 s = base.replace(hybrid=hybrid)
-                r = Assistant(s, embeddings=embeddings, embedder_name=bot.embedder_name).retriever
-                hit1 = hitk = n = gated_ans = gated_oos = n_oos = 0
+                reader = Assistant(s, embeddings=embeddings, embedder_name=bot.embedder_name)
+                r = reader.retriever
+                hit1 = hitk = read = n = gated_ans = gated_oos = n_oos = 0
                 for case in cases:
                     got = r.retrieve(case.q)
                     stems = [evaluate.source_stem(p.source) for p in got.passages]
@@ -59,7 +62,10 @@ def main() -> None:
                     gated_ans += got.top_score < s.min_score
                     hit1 += bool(stems) and stems[0] in case.sources
                     hitk += any(x in case.sources for x in stems)
-                print(f"{name:<18} {'hybrid' if hybrid else 'dense':<7} hit@1 {hit1}/{n}  hit@{s.k} {hitk}/{n}  "
+                    # the answer reached the model: every `must` group has a string in what it reads
+                    context = reader._read(got).inputs["context"].lower() if got.top_score >= s.min_score else ""
+                    read += all(any(m.lower() in context for m in group) for group in case.must)
+                print(f"{name:<18} {'hybrid' if hybrid else 'dense':<7} hit@1 {hit1}/{n}  hit@{s.k} {hitk}/{n}  answer read {read}/{n}  "
                       f"gate refuses {gated_ans}/{n} answerable, {gated_oos}/{n_oos} out-of-scope", flush=True)
 
 
