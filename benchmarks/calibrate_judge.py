@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--dev", nargs="+", type=Path, required=True)
     parser.add_argument("--test", nargs="*", type=Path, default=[])
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--mark", type=float, help="Circle this threshold on the chart (the one shipped) "
+                                                   "instead of the dev-chosen one.")
     args = parser.parse_args()
     dev = {course(p): load(p) for p in args.dev}
     test = {course(p): load(p) for p in args.test}
@@ -67,6 +69,8 @@ def main() -> None:
         a, o = rates(results, t)
         print(f"test {name}: answerable {a0:.1f} -> {a:.1f} %, out-of-scope refused {o0:.1f} -> {o:.1f} % "
               f"(without the check -> with it)")
+    if args.mark is not None:
+        t = args.mark
     if args.plot and test:
         import matplotlib
 
@@ -81,7 +85,8 @@ def main() -> None:
             ax.scatter([100 - a], [100 - o], s=80, facecolors="none", edgecolors="black")
         ax.set_xlabel("answerable questions not answered right (%)")
         ax.set_ylabel("out-of-scope questions answered (%)")
-        ax.set_title(f"test split, thresholds 0-0.95 (circled: {t}, chosen on dev)")
+        ax.set_title(f"test split, thresholds 0-0.95 (circled: {t}, "
+                     f"{'shipped' if args.mark is not None else 'chosen on dev'})")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
