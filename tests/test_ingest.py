@@ -516,7 +516,11 @@ def discover_as_nobody(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
             os._exit(status)
     os.close(write_end)
     # a child forked from a threaded process could in principle deadlock: never wait forever
-    if not select.select([read_end], [], [], 20)[0]:
+    # (poll, not select: by this point of a full run the process may hold more than 1,024 file
+    # descriptors, and select() cannot watch one numbered above that)
+    waiting = select.poll()
+    waiting.register(read_end, select.POLLIN)
+    if not waiting.poll(20_000):
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         pytest.fail("discover() as nobody did not finish within 20 s")
