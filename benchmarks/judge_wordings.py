@@ -2,12 +2,14 @@
 
     .venv/bin/python benchmarks/judge_wordings.py --split dev
 
-For every first-turn question of each course's split: retrieve and read as the pipeline does,
-then the model's P(yes) under each wording (chain.judge_messages: the answer's own prompt with the
-question appended; llama.cpp reuses the passages' cached tokens, so each extra
-wording costs only its own ~25 tokens). Prints the ROC AUC of P(yes), answerable against
-out-of-scope, per wording and course; --json keeps every probability, to sweep a threshold
-against an evaluation's right/wrong answers (the answer does not depend on the judge's wording)."""
+For every question of each course's split (eval/courses.json) that stands on its own (a
+dialogue's turns are judged with their conversation, so they are left out): retrieve and read
+as the pipeline does (Assistant._read), then the model's P(yes) under each wording
+(chain.judge_messages: the answer's own prompt with the question appended; llama.cpp reuses the
+passages' cached tokens, so each extra wording costs only its own ~25 tokens). Prints the ROC
+AUC of P(yes), answerable against out-of-scope, per wording and course; --json keeps every
+probability, to sweep a threshold against an evaluation's right/wrong answers (the answer does
+not depend on the judge's wording)."""
 
 from __future__ import annotations
 
@@ -28,8 +30,7 @@ from scrumbot.chain import JUDGE, YES_NO, judge_messages  # noqa: E402
 from scrumbot.evaluate import _index_for  # noqa: E402
 from scrumbot.llm import first_token_probabilities  # noqa: E402
 
-COURSES = {name: ([REPO / f for f in c["questions"]], [REPO / f for f in c["corpus"]])
-           for name, c in json.loads((REPO / "eval/courses.json").read_text()).items() if name != "_"}
+COURSES = evaluate.load_courses(REPO / "eval/courses.json")
 WORDINGS = {
     "before": "Do the course passages above contain the answer to this question? Reply yes or no.",
     "current": JUDGE,

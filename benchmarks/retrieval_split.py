@@ -13,7 +13,6 @@ and its right sentences) and how many answerable / out-of-scope questions the ga
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -28,8 +27,7 @@ apply_offline_env()
 from scrumbot import evaluate  # noqa: E402
 from scrumbot.api import Assistant  # noqa: E402
 
-COURSES = {name: ([REPO / f for f in c["questions"]], [REPO / f for f in c["corpus"]])
-           for name, c in json.loads((REPO / "eval/courses.json").read_text()).items() if name != "_"}
+COURSES = evaluate.load_courses(REPO / "eval/courses.json")
 
 
 def main() -> None:

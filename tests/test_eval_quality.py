@@ -16,7 +16,8 @@ import scrumbot.cli as cli
 from conftest import CORPUS, REPO, EchoChatModel, FakeEmbeddings, shared_file
 from scrumbot import Assistant
 from scrumbot.api import Answer
-from scrumbot.evaluate import Case, EvalFileError, Report, evaluate, load, run, score, summarize
+from scrumbot.evaluate import (Case, EvalFileError, Report, evaluate, load, load_courses, run, score,
+                               summarize)
 from scrumbot.retrieve import Source
 
 EXTRA = REPO / "eval" / "extra-corpus"
@@ -289,8 +290,7 @@ def test_own_eval_subset_with_extra_documents_and_follow_ups(real_bot, tmp_path)
 # first out-of-scope ones in file order, asked with the real model over the real course files.
 # The floors sit below what the full test split measures (README "Answer quality"), so a
 # regression in retrieval, reading, the judge or the verifier fails CI.
-SLICES = {name: ([REPO / f for f in c["questions"]], [REPO / f for f in c["corpus"]])
-          for name, c in json.loads((REPO / "eval/courses.json").read_text()).items() if name != "_"}
+SLICES = load_courses(REPO / "eval/courses.json")
 SLICE_ANSWERABLE, SLICE_OUT_OF_SCOPE = 8, 4
 # measured on these slices (hybrid retrieval, the judge's "exactly this question" wording): git
 # 7/8 and 4/4, Debian Reference 7/8 and 4/4, Product Owner 6/8 and 1/4; a floor is one case

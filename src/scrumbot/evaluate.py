@@ -113,6 +113,20 @@ def load(paths: Iterable[Path | str], split: str | None = None) -> list[list[Cas
     return conversations
 
 
+def load_courses(path: Path) -> dict[str, tuple[list[Path], list[Path]]]:
+    """Evaluation courses listed in a JSON file (eval/courses.json): {name: {"questions": [...],
+    "corpus": [...]}}, paths relative to the file's folder; a key starting with "_" is a note.
+    Returns name -> (question files of every split, folders the course is indexed from)."""
+    here = Path(path).resolve().parent
+
+    def paths(names: list[str]) -> list[Path]:
+        return [(here / name).resolve() for name in names]
+
+    return {name: (paths(course["questions"]), paths(course["corpus"]))
+            for name, course in json.loads(Path(path).read_text(encoding="utf-8")).items()
+            if not name.startswith("_")}
+
+
 _FORMAT_HINT = ('A line looks like {"id": "q1", "q": "...", "must": [["a", "b"]], "source": "file-stem"} '
                 'or {"id": "q2", "q": "...", "refuse": true}; a conversation is {"id": "d1", "turns": [...]}.')
 
