@@ -69,8 +69,7 @@ def main() -> None:
         a, o = rates(results, t)
         print(f"test {name}: answerable {a0:.1f} -> {a:.1f} %, out-of-scope refused {o0:.1f} -> {o:.1f} % "
               f"(without the check -> with it)")
-    if args.mark is not None:
-        t = args.mark
+    circled = t if args.mark is None else args.mark
     if args.plot and test:
         import matplotlib
 
@@ -81,11 +80,11 @@ def main() -> None:
         for name, results in test.items():
             pts = [rates(results, x) for x in THRESHOLDS]
             ax.plot([100 - a for a, _ in pts], [100 - o for _, o in pts], marker=".", label=name)
-            a, o = rates(results, t)
+            a, o = rates(results, circled)
             ax.scatter([100 - a], [100 - o], s=80, facecolors="none", edgecolors="black")
         ax.set_xlabel("answerable questions not answered right (%)")
         ax.set_ylabel("out-of-scope questions answered (%)")
-        ax.set_title(f"test split, thresholds 0-0.95 (circled: {t}, "
+        ax.set_title(f"test split, thresholds 0-0.95 (circled: {circled}, "
                      f"{'shipped' if args.mark is not None else 'chosen on dev'})")
         ax.grid(alpha=0.3)
         ax.legend()
