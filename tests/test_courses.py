@@ -93,6 +93,57 @@ def test_removing_a_course_deletes_its_chunks_records_and_files(settings, alpha_
     assert default.for_course("alpha").store.count() == 0
 
 
+def vector_folders(index_dir: Path) -> set[str]:
+    """The HNSW folders on disk (named by their segment's UUID)."""
+    return {p.name for p in index_dir.iterdir() if p.is_dir() and len(p.name) == 36 and p.name.count("-") == 4}
+
+
+def vector_segments(index_dir: Path) -> set[str]:
+    with sqlite3.connect(f"file:{index_dir / 'chroma.sqlite3'}?mode=ro", uri=True) as db:
+        return {r[0] for r in db.execute("SELECT id FROM segments WHERE scope = 'VECTOR'")}
+
+
+def times_open(path: Path) -> int:
+    """How many file descriptors of this process point at `path` (other tests' files may be open too)."""
+    import os
+
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}") == str(path.resolve())
+        except OSError:
+            pass
+    return count
+
+
+def test_a_course_created_and_removed_again_and_again_leaves_nothing_behind(settings, alpha_docs, beta_docs):
+    """The page's process lives long: courses come and go. Chroma leaves a deleted collection's
+    vector folder on disk (chroma-core/chroma#3296) and every course had its own question-log
+    writer with its own connection; neither may pile up."""
+    import threading
+
+    writers_before = sum(t.name == "scrumbot-question-log" for t in threading.enumerate())  # other tests'
+    default = make_assistant(settings)
+    default.index([beta_docs])
+    default.answer("How do planning poker estimation sessions work?")
+    for _ in range(4):
+        alpha = default.for_course("alpha")
+        alpha.index([alpha_docs])
+        assert not alpha.answer("What are kanban boards and work in progress limits?").refused
+        default.remove_course("alpha")
+    default.question_log.flush()
+
+    index_dir = settings.index_dir
+    if not settings.chroma_url:  # (a Chroma server keeps its folders in its own data directory)
+        assert vector_folders(index_dir) <= vector_segments(index_dir)  # no folder of a deleted course
+        assert len(vector_folders(index_dir)) <= 1  # the default course's
+    assert times_open(index_dir / "questions.sqlite") == 1
+    assert sum(t.name == "scrumbot-question-log" for t in threading.enumerate()) <= writers_before + 1
+    # and what is left still works: the default course answers, a new course starts empty
+    assert not default.answer("How do planning poker estimation sessions work?").refused
+    assert default.for_course("alpha").store.count() == 0
+
+
 @pytest.mark.parametrize("name", ["../x", "Alpha", "a b", "", "x" * 41, "-x", "a.b"])
 def test_a_course_name_that_is_unsafe_is_refused_with_the_rule(settings, name):
     with pytest.raises(ConfigError, match="lowercase letters, digits"):

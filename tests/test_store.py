@@ -289,6 +289,10 @@ def test_rebuild_reembeds_everything(settings, docs: Path):
     assert sorted(report.added) == ["backlog.md", "review.txt", "velocity.txt"]
     assert len(rows(bot)) == n
     assert_no_duplicates(bot)
+    # the collection it replaced leaves no vector folder behind (Chroma's delete_collection does)
+    bot.index([docs], rebuild=True)
+    folders = [p for p in settings.index_dir.iterdir() if p.is_dir() and p.name.count("-") == 4]
+    assert len(folders) <= 1, folders
 
 
 def test_no_duplicate_chunks_after_many_reindexes(settings, docs: Path):

@@ -177,6 +177,7 @@ class Assistant:
                               embeddings=_OnFirstUse(lambda: self.embeddings),
                               embedder_name=self.embedder_name, llm=self.llm)
             other._generate_lock = self._generate_lock
+            other.question_log = self.question_log  # one file, one writer thread for every course
             with self._init_lock:
                 other = self._courses.setdefault(course, other)
         return other

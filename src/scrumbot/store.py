@@ -506,11 +506,19 @@ class Store:
                 metas = collection.get(include=["metadatas"])["metadatas"]
                 held = {"chunks": len(metas), "documents": len({m.get("source_id") for m in metas})}
                 self.client().delete_collection(self.collection_name)
+            self._forget_deleted()
             self.records_path.unlink(missing_ok=True)
             self._journal.unlink(missing_ok=True)
-            self._vectorstore = None
             self._wrote()
         return held
+
+    def _forget_deleted(self) -> None:
+        """After a collection was deleted: its vector files off the disk, and the client re-opened
+        when no other Store of this process shares it (which frees what Chroma kept open of it)."""
+        self._vectorstore = None
+        if not self.settings.chroma_url:
+            _drop_orphan_segments(self.settings.index_dir)
+            self._reopen()
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -532,8 +540,8 @@ class Store:
             except Exception as err:  # there was none (or the server failed: say so)
                 if self.settings.chroma_url and _server_problem(err, self.settings):
                     raise
+            self._forget_deleted()
             self.records_path.unlink(missing_ok=True)
-            self._vectorstore = None
             self._set_unfinished(set())
             self._wrote()
 
@@ -775,6 +783,40 @@ def _being_written(index_dir: Path) -> bool:
             return True
         fcntl.flock(fh, fcntl.LOCK_UN)
         return False
+
+
+def _drop_orphan_segments(index_dir: Path) -> list[str]:
+    """Delete the vector folders that no collection owns any more; their names.
+
+    Chroma's embedded `delete_collection` takes a collection out of its catalogue but leaves its
+    HNSW folder on disk (chroma-core/chroma#3296, #5259): a removed course's vectors would stay
+    there for good. As chromadb-ops' `db clean` does, a folder named by a UUID that is not a
+    VECTOR segment of the catalogue (chroma.sqlite3) is deleted. The folders are listed before
+    the catalogue is read: a collection created meanwhile has its row before its folder, so its
+    folder is never taken for an orphan."""
+    import sqlite3
+    import uuid
+
+    def is_uuid(name: str) -> bool:
+        try:
+            return str(uuid.UUID(name)) == name
+        except ValueError:
+            return False
+
+    folders = [p for p in index_dir.iterdir() if p.is_dir() and is_uuid(p.name)]
+    if not folders:
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{index_dir / 'chroma.sqlite3'}?mode=ro", uri=True)) as db:
+            owned = {row[0] for row in db.execute("SELECT id FROM segments WHERE scope = 'VECTOR'")}
+    except sqlite3.Error:
+        return []  # a catalogue we cannot read: delete nothing
+    dropped = []
+    for folder in folders:
+        if folder.name not in owned:
+            shutil.rmtree(folder, ignore_errors=True)
+            dropped.append(folder.name)
+    return dropped
 
 
 def _last_write(index_dir: Path) -> int | None:
