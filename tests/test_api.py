@@ -249,6 +249,41 @@ def test_a_follow_up_is_rewritten_by_the_model_and_only_a_follow_up(settings, co
     assert len(rewrites()) == 1, "no extra model call for a question that stands alone"
 
 
+class HandsBackChatModel(RewritingChatModel):
+    """Asked to rewrite, hands back something else than a rewrite, as the 1.5B model does."""
+
+    reply: str = ""
+
+    def _reply(self, messages):
+        from scrumbot.chain import REWRITE
+
+        if messages[-1].content.startswith(REWRITE):
+            self.calls.append(messages)
+            return self.reply
+        return EchoChatModel._reply(self, messages)
+
+
+@pytest.mark.parametrize("reply", [
+    "How do I get the CSPO certification?",  # the earlier question handed back
+    "Rewritten: how do I get the CSPO certification",
+    "How do I get the CSPO certification? Who is it for?",  # the two joined: answered as the first
+    "What is the CSPO? Who is the CSPO for?",
+])
+def test_a_rewrite_that_is_not_the_new_question_is_not_used(settings, corpus, reply):
+    """Without a usable rewrite, the model reads the follow-up as it was asked, with the
+    conversation before it (the search still borrows the earlier question)."""
+    bot = Assistant(settings, embeddings=FakeEmbeddings(), embedder_name="fake", llm=HandsBackChatModel())
+    bot.llm.reply = reply
+    bot.index()
+    history = [("How do I get the CSPO certification?", "Attend a two-day course and pass an exam.")]
+
+    bot.answer("Who is it for?", history)
+
+    answer_prompt = bot.llm.calls[-1]
+    assert answer_prompt[-1].content.endswith("Question: Who is it for?")
+    assert human_ai_turns(answer_prompt) == history
+
+
 def test_the_model_reads_the_best_sentences_of_long_passages_and_their_numbers(bot):
     from scrumbot.chain import chain_inputs
     from scrumbot.retrieve import focus

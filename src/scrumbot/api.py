@@ -510,7 +510,7 @@ class Assistant:
         partial = Answer("", False, [], question, False, timings, scores=scores, retrieved=retrieved)
         yield partial
         text = shown = ""
-        for piece in self._generate(retrieval.query, focused, reading.history, inputs, stop):
+        for piece in self._generate(retrieval.question, focused, reading.history, inputs, stop):
             if not text:
                 timings["first_token_s"] = round(time.perf_counter() - t0, 4)
             text += piece
@@ -559,7 +559,7 @@ class Assistant:
         focused = self.retriever.focus(retrieval, readable) if readable else []
         context = [] if retrieval.standalone else list(history or [])
         return Reading(passages, readable, focused, context,
-                       chain_inputs(retrieval.query, focused, context, self.settings.max_context_chars))
+                       chain_inputs(retrieval.question, focused, context, self.settings.max_context_chars))
 
     def _answerable(self, inputs: dict) -> float | None:
         """The model's probability that the passages answer the question (None: no model, or a

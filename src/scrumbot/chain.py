@@ -135,7 +135,18 @@ def standalone_question(llm: BaseChatModel, question: str, history: list[tuple[s
     text = re.sub(r"^(rewritten( question)?|standalone question)\s*:\s*", "", lines[0], flags=re.I).strip(" \"'")
     if not text or is_refusal(text) or len(text.split()) > 40:
         return None
+    # what the small model does instead of rewriting: hand back an earlier question ("What does
+    # git stash do?" for "How do I get my work back from it?"), or the earlier one and the new
+    # one side by side, which the answer then takes for the first; neither stands for the new one
+    said = {_words(q) for q, _ in history}
+    if _words(text) in said or any(_words(part) in said for part in re.split(r"(?<=\?)\s+", text)) \
+            or re.search(r"\?\s*\S", text):
+        return None
     return text
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(re.findall(r"\w+", text.lower()))
 
 
 # -- extractive mode: no LLM ---------------------------------------------------------------------

@@ -64,6 +64,14 @@ class Retrieval:
     # the query needs no history to be understood: the question stood alone, or the model
     # rewrote it so (not when it was only joined to the previous question)
     standalone: bool = True
+    asked: str = ""  # the question as the user asked it
+
+    @property
+    def question(self) -> str:
+        """The question the model is to answer: the query when it stands alone; a follow-up
+        the model could not rewrite as it was asked (the history comes with it), not the two
+        questions joined for the search, which the model answered as the first of them."""
+        return self.query if self.standalone or not self.asked else self.asked
 
     @property
     def top_score(self) -> float:
@@ -104,13 +112,15 @@ class Retriever:
 
         A follow-up (an anaphor or a very short question, see search_query) is rewritten by
         the model when there is one: one short extra call, and only for follow-ups. Without a
-        model, or when its rewrite is unusable, the previous question is searched with it.
+        model, or when its rewrite is unusable (chain.standalone_question), the previous question
+        is searched with it, and the model then reads the follow-up as asked, after the
+        conversation (Retrieval.question).
         Measured against the alternatives on the dialogue sets: README "Answer quality"."""
         query = search_query(question, history or [])
         self.store.vectorstore()  # no index: say so before the embedder loads
         rewritten = self.rewrite(question, history) if query != question and self.rewrite else None
         return replace(self._search(self.spell_out(rewritten or query)),
-                       standalone=query == question or rewritten is not None)
+                       standalone=query == question or rewritten is not None, asked=question)
 
     def spell_out(self, query: str) -> str:
         """An acronym the course never writes, followed by the course's name with those initials:
