@@ -284,6 +284,23 @@ def test_a_rewrite_that_is_not_the_new_question_is_not_used(settings, corpus, re
     assert human_ai_turns(answer_prompt) == history
 
 
+@pytest.mark.parametrize("reply, usable", [
+    ("Which certification is meant for the Product Owner?", True),
+    ("Rewritten: Which certification is meant for a Product Owner?", True),
+    ("Who does the Product Owner do?", False),  # a question of its own: the new one's words are gone
+    ("What does the Product Owner do?", False),  # the earlier question handed back
+    ("What does the Product Owner do? Which certification is meant for that role?", False),
+])
+def test_only_a_rewrite_of_the_new_question_is_used(reply, usable):
+    from scrumbot.chain import standalone_question
+
+    model = HandsBackChatModel()
+    model.reply = reply
+    history = [("What does the Product Owner do?", "The Product Owner orders the backlog.")]
+    got = standalone_question(model, "Which certification is meant for that role?", history)
+    assert (got is not None) == usable, got
+
+
 def test_the_model_reads_the_best_sentences_of_long_passages_and_their_numbers(bot):
     from scrumbot.chain import chain_inputs
     from scrumbot.retrieve import focus

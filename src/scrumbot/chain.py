@@ -18,7 +18,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import Runnable
 
-from .retrieve import Source, dot
+from .retrieve import Source, dot, terms
 
 NOT_COVERED = "The course material doesn't cover that."
 
@@ -141,6 +141,12 @@ def standalone_question(llm: BaseChatModel, question: str, history: list[tuple[s
     said = {_words(q) for q, _ in history}
     if _words(text) in said or any(_words(part) in said for part in re.split(r"(?<=\?)\s+", text)) \
             or re.search(r"\?\s*\S", text):
+        return None
+    # or a question of its own making ("Who does the Product Owner do?" for "Which certification
+    # is meant for that role?"): a rewrite only replaces the words that point back, so it keeps
+    # most of the question's own content words
+    own = set(terms(question))
+    if own and len(own & set(terms(text))) < len(own) / 2:
         return None
     return text
 
