@@ -510,7 +510,7 @@ class Assistant:
         partial = Answer("", False, [], question, False, timings, scores=scores, retrieved=retrieved)
         yield partial
         text = shown = ""
-        for piece in self._generate(retrieval.question, focused, reading.history, inputs, stop):
+        for piece in self._generate(retrieval.query, focused, reading.history, inputs, stop):
             if not text:
                 timings["first_token_s"] = round(time.perf_counter() - t0, 4)
             text += piece
