@@ -264,11 +264,12 @@ FOCUS = {"o09", "x06", "x11", "x13", "x15", "r01", "r02", "r03", "r06", "r08", "
 
 # This set was tuned on (it is the dev split): the floors guard the mechanisms against
 # regressions, they are not the quality claim (that is the test split, README "Answer quality").
-# Measured on this subset with the current pipeline: 10/11 answerable, 5/8 refused (3/8 before
-# the judge's "exactly this question" wording). The number rule that refused r03, r06 and r08
-# went (it lost answerable questions on the real courses' test split); r03, r08 and d05.3 pass
-# the judge.
-FLOOR_ANSWERABLE, FLOOR_REFUSALS = 90.0, 37.5
+# Measured on this subset with the current pipeline: 11/11 answerable, 6/8 refused (10/11 and
+# 5/8 before follow-ups were read as asked: d01.2 and d05.3 had answered the earlier question
+# again; 3/8 refused before the judge's "exactly this question" wording). The number rule that
+# refused r03, r06 and r08 went (it lost answerable questions on the real courses' test split);
+# r03 and r08 pass the judge. Floors one case below.
+FLOOR_ANSWERABLE, FLOOR_REFUSALS = 90.0, 62.5
 
 
 @pytest.mark.slow
