@@ -99,7 +99,9 @@ def vector_folders(index_dir: Path) -> set[str]:
 
 
 def vector_segments(index_dir: Path) -> set[str]:
-    with sqlite3.connect(f"file:{index_dir / 'chroma.sqlite3'}?mode=ro", uri=True) as db:
+    import contextlib
+
+    with contextlib.closing(sqlite3.connect(f"file:{index_dir / 'chroma.sqlite3'}?mode=ro", uri=True)) as db:
         return {r[0] for r in db.execute("SELECT id FROM segments WHERE scope = 'VECTOR'")}
 
 
