@@ -11,7 +11,7 @@ import pytest
 from conftest import FakeEmbeddings
 from scrumbot.errors import ConfigError
 from scrumbot.config import Settings
-from test_store import make_assistant, paragraph, write_corpus
+from test_store import make_assistant, paragraph, vector_folders, write_corpus
 
 
 @pytest.fixture
@@ -91,11 +91,6 @@ def test_removing_a_course_deletes_its_chunks_records_and_files(settings, alpha_
     # the default course is untouched, and the name can start afresh
     assert not default.answer("How do planning poker estimation sessions work?").refused
     assert default.for_course("alpha").store.count() == 0
-
-
-def vector_folders(index_dir: Path) -> set[str]:
-    """The HNSW folders on disk (named by their segment's UUID)."""
-    return {p.name for p in index_dir.iterdir() if p.is_dir() and len(p.name) == 36 and p.name.count("-") == 4}
 
 
 def vector_segments(index_dir: Path) -> set[str]:

@@ -276,6 +276,11 @@ def test_indexing_a_deleted_single_file_removes_it(settings, docs: Path):
         bot.index([docs / "never-there.txt"])
 
 
+def vector_folders(index_dir: Path) -> set[str]:
+    """The HNSW folders in an embedded index (named by their segment's UUID)."""
+    return {p.name for p in index_dir.iterdir() if p.is_dir() and p.name.count("-") == 4}
+
+
 def test_rebuild_reembeds_everything(settings, docs: Path):
     emb = FakeEmbeddings()
     bot = make_assistant(settings, emb)
@@ -291,8 +296,7 @@ def test_rebuild_reembeds_everything(settings, docs: Path):
     assert_no_duplicates(bot)
     # the collection it replaced leaves no vector folder behind (Chroma's delete_collection does)
     bot.index([docs], rebuild=True)
-    folders = [p for p in settings.index_dir.iterdir() if p.is_dir() and p.name.count("-") == 4]
-    assert len(folders) <= 1, folders
+    assert len(vector_folders(settings.index_dir)) <= 1, vector_folders(settings.index_dir)
 
 
 def test_no_duplicate_chunks_after_many_reindexes(settings, docs: Path):

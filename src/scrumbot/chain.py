@@ -138,9 +138,7 @@ def standalone_question(llm: BaseChatModel, question: str, history: list[tuple[s
     # what the small model does instead of rewriting: hand back an earlier question ("What does
     # git stash do?" for "How do I get my work back from it?"), or the earlier one and the new
     # one side by side, which the answer then takes for the first; neither stands for the new one
-    said = {_words(q) for q, _ in history}
-    if _words(text) in said or any(_words(part) in said for part in re.split(r"(?<=\?)\s+", text)) \
-            or re.search(r"\?\s*\S", text):
+    if re.search(r"\?\s*\S", text) or _words(text) in {_words(q) for q, _ in history}:
         return None
     # or a question of its own making ("Who does the Product Owner do?" for "Which certification
     # is meant for that role?"): a rewrite only replaces the words that point back, so it keeps
