@@ -68,3 +68,22 @@ def test_every_gold_answer_is_backed_by_the_course_text(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     files = [f"eval/courses/{c}/questions.jsonl" for c in COURSES] + ["eval/po-test.jsonl"]
     assert check.main(files) == 0, capsys.readouterr().out
+
+
+def test_losses_counts_each_turn_once_and_bounds_what_refusals_alone_could_reach():
+    """benchmarks/losses.py: a record-mode run's answerable turns, first and follow-up apart; the
+    bound counts right answers and withheld ones (a judge that never refuses an answerable
+    question), never an answered wrong one or an out-of-scope question."""
+    losses = _module(REPO / "benchmarks" / "losses.py")
+
+    def row(id, turn, correct, refused=False, p=0.9, refuse=False):
+        return {"case": {"id": id, "turn": turn, "refuse": refuse}, "correct": correct, "refused": refused,
+                "scores": {"answerable": p}}
+
+    results = [row("a", 0, True), row("b", 0, True, p=0.3), row("c", 0, False), row("d", 0, False, refused=True),
+               row("e.1", 1, True), row("e.2", 2, False), row("e.3", 3, True, p=0.5), row("x", 0, True, refuse=True)]
+    got = losses.tally(results, {"a": True, "b": True, "c": True, "e.1": False}, threshold=0.6)
+
+    assert got["first"] == {"n": 5, "read": 3, "read_right": 2, "right": 3, "withheld": 1, "shipped": 2, "at_most": 4}
+    assert got["follow-up"] == {"n": 2, "read": None, "read_right": None, "right": 1, "withheld": 0, "shipped": 0,
+                                "at_most": 1}
