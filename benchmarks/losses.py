@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--split", choices=["dev", "test"], default="test")
     parser.add_argument("runs", nargs="+", metavar="COURSE=EVAL.json")
     args = parser.parse_args()
-    threshold = Settings.from_env().min_answerable
+    threshold = Settings.from_env().answerable_threshold
     embeddings = None
     print(f"answerable questions, {args.split} split; judge at {threshold:.2f} for 'shipped'")
     print(f"{'course':<18}{'turns':<11}{'n':>4}{'read (right)':>15}{'right, no judge':>17}{'withheld':>10}"

@@ -10,7 +10,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from conftest import CORPUS, EchoChatModel, FakeEmbeddings
-from scrumbot import Answer, Assistant, Source
+from scrumbot import Answer, Assistant, Settings, Source
 from scrumbot.chain import NOT_COVERED
 from scrumbot.errors import BadQuestionError, IndexMissingError
 
@@ -432,6 +432,32 @@ def test_the_judge_refuses_below_its_threshold_and_says_so(settings, corpus, p_y
         assert a.reason == f"the passages do not answer it (p = {p_yes:.2f}, needs 0.50)" and len(llm.calls) == 1
     else:
         assert a.reason == "" and len(llm.calls) == 2  # the judge, then the answer
+
+
+def test_the_judge_threshold_is_the_answering_models_own(settings, corpus):
+    """Each model's P(yes) sits differently: a packaged model brings the threshold chosen for it
+    on the dev split; an explicit SCRUMBOT_MIN_ANSWERABLE wins; any other model gets the default
+    model's (until its own is calibrated)."""
+    from scrumbot.models import PACKAGED
+
+    small = PACKAGED["qwen2.5-coder-0.5b"].min_answerable
+    assert Settings().answerable_threshold == 0.6
+    assert Settings(model="qwen2.5-coder-0.5b").answerable_threshold == small != 0.6
+    assert Settings(model="qwen2.5-coder-0.5b", min_answerable=0.7).answerable_threshold == 0.7
+    assert Settings.from_env({"SCRUMBOT_MIN_ANSWERABLE": "0", "SCRUMBOT_MODEL": "qwen2.5-coder-0.5b"}).answerable_threshold == 0
+    assert Settings(model="/models/mine.gguf").answerable_threshold == 0.6
+    assert Settings(llm="openai", model="qwen2.5-coder-0.5b").answerable_threshold == 0.6
+    assert Settings(model="qwen2.5-coder-0.5b").redacted()["min_answerable"] == small  # what status shows
+
+    between = (small + 0.6) / 2  # refused under the default model's threshold, answered under its own
+    for model, refused in (("qwen2.5-coder-1.5b", True), ("qwen2.5-coder-0.5b", False)):
+        llm = JudgedChatModel(p_yes=between)
+        llm.calls = []
+        bot = Assistant(settings.replace(min_score=0.2, model=model), embeddings=FakeEmbeddings(),
+                        embedder_name="fake", llm=llm)
+        bot.index([corpus])
+        a = bot.answer(IN_SCOPE)
+        assert a.refused is refused, (model, a.reason)
 
 
 def test_without_log_probabilities_the_judge_is_skipped(bot):

@@ -502,8 +502,8 @@ class Assistant:
         if p is not None:
             scores["answerable"] = round(p, 4)
             timings["judge_s"] = round(time.perf_counter() - t0, 4)
-            if p < self.settings.min_answerable:
-                yield refused(f"the passages do not answer it (p = {p:.2f}, needs {self.settings.min_answerable:.2f})")
+            if p < self.settings.answerable_threshold:
+                yield refused(f"the passages do not answer it (p = {p:.2f}, needs {self.settings.answerable_threshold:.2f})")
                 return
         # generate, showing only what is grounded so far
         grounding = Grounding(reading.readable, retrieval.query, SYSTEM)
@@ -564,7 +564,7 @@ class Assistant:
     def _answerable(self, inputs: dict) -> float | None:
         """The model's probability that the passages answer the question (None: no model, or a
         backend without log-probabilities, or the check is off)."""
-        if self.settings.llm == "extractive" or self.settings.min_answerable <= 0 and not self.settings.judge_always:
+        if self.settings.llm == "extractive" or self.settings.answerable_threshold <= 0 and not self.settings.judge_always:
             return None
         from .llm import first_token_probabilities
 

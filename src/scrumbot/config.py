@@ -91,8 +91,10 @@ class Settings:
     # (~110 prompt tokens; whole chunks were ~300 and cost ~2 s more to first token)
     max_context_chars: int = 600
     # the model's probability that the passages answer the question, below which it is refused
-    # ("the passages do not answer it"); 0 turns the check off. Chosen on the eval's dev split.
-    min_answerable: float = 0.6
+    # ("the passages do not answer it"); 0 turns the check off. Unset: the threshold chosen on the
+    # eval's dev split for the packaged model in use (models.PACKAGED), else the default model's:
+    # each model's probabilities sit differently (answerable_threshold)
+    min_answerable: float | None = None
     judge_always: bool = False  # compute that probability even when the check is off (calibration)
 
     # generation
@@ -159,9 +161,21 @@ class Settings:
         if self.log_retention_days < 0:
             raise ValueError(f"SCRUMBOT_LOG_RETENTION_DAYS must be 0 (keep all) or more, not {self.log_retention_days}")
 
+    @property
+    def answerable_threshold(self) -> float:
+        """min_answerable, or the threshold calibrated for the packaged model that answers (a
+        model of your own, or one behind an OpenAI-compatible server: the default model's,
+        until you calibrate it with benchmarks/calibrate_judge.py)."""
+        if self.min_answerable is not None:
+            return self.min_answerable
+        from .models import judge_threshold
+
+        return judge_threshold(self.model if self.llm == "llamacpp" else None)
+
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict, with secrets masked (for `status` and logs)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["min_answerable"] = self.answerable_threshold
         for secret in ("openai_api_key", "chroma_token", "chroma_headers", "auth"):
             if out[secret]:
                 out[secret] = "****"

@@ -32,6 +32,9 @@ class PackagedModel:
     version: str
     size: int
     sha256: str
+    # the judge's threshold (Settings.min_answerable) chosen for this model on the eval's dev
+    # split (benchmarks/calibrate_judge.py); None: not calibrated, the default model's is used
+    min_answerable: float | None = None
 
 
 PACKAGED: dict[str, PackagedModel] = {
@@ -44,6 +47,7 @@ PACKAGED: dict[str, PackagedModel] = {
             "0.2.0",
             1_117_320_768,
             "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            min_answerable=0.6,
         ),
         PackagedModel(
             "qwen2.5-coder-0.5b",
@@ -52,6 +56,9 @@ PACKAGED: dict[str, PackagedModel] = {
             "0.9.0",
             491_400_064,
             "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            # its P(yes) sits mostly at 0.2-0.5 (it reached 0.6 for 1 of 152 answerable test
+            # questions); 0.4 is its dev-best (README "Answer quality")
+            min_answerable=0.4,
         ),
         PackagedModel(
             "smollm2-135m",
@@ -64,6 +71,15 @@ PACKAGED: dict[str, PackagedModel] = {
     )
 }
 DEFAULT_MODELS = ("qwen2.5-coder-1.5b",)
+
+
+def judge_threshold(model: str | None) -> float:
+    """The judge's threshold for `model`, a packaged model's name; for None or any other model
+    (a .gguf of your own, a server's), the default model's."""
+    packaged = PACKAGED.get(model or "")
+    if packaged is not None and packaged.min_answerable is not None:
+        return packaged.min_answerable
+    return PACKAGED[DEFAULT_MODELS[0]].min_answerable
 
 
 def embedder_path() -> str:
