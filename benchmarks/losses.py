@@ -14,7 +14,8 @@ question alone, or a dialogue's first turn) and follow-up turns apart, it prints
   after the model rewrites them), and how many of those the model answered right;
 - right, no judge: the model's answer is right and nothing refused it;
 - withheld: the guard or the gate refused it (whether the answer was right is not known);
-- right, shipped: right with the judge's threshold (SCRUMBOT_MIN_ANSWERABLE's default) applied;
+- right, shipped: right with the judge's threshold applied (--threshold; default: the one the
+  environment's model answers with, Settings.answerable_threshold);
 - at most: right, no judge + withheld -- what perfect refusal decisions (a judge and guard that
   never refuse an answerable question) could reach with the same answers. Below a target here,
   no threshold, judge or guard reaches the target: the answers themselves must get better."""
@@ -81,8 +82,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", choices=["dev", "test"], default="test")
     parser.add_argument("runs", nargs="+", metavar="COURSE=EVAL.json")
+    parser.add_argument("--threshold", type=float, help="The judge's threshold for 'shipped' (default: the one "
+                                                          "the environment's model answers with).")
     args = parser.parse_args()
-    threshold = Settings.from_env().answerable_threshold
+    threshold = args.threshold if args.threshold is not None else Settings.from_env().answerable_threshold
     embeddings = None
     print(f"answerable questions, {args.split} split; judge at {threshold:.2f} for 'shipped'")
     print(f"{'course':<18}{'turns':<11}{'n':>4}{'read (right)':>15}{'right, no judge':>17}{'withheld':>10}"
