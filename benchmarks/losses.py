@@ -9,8 +9,8 @@ Takes record-mode evaluations (every probability recorded, the judge deciding no
 
 Course names are eval/courses.json's. For each course's answerable questions, first turns (a
 question alone, or a dialogue's first turn) and follow-up turns apart, it prints:
-- read: the answer reached the model (a string of each `must` group in the text the model
-  reads, Assistant._read; real embedder, no model; first turns only, follow-ups are searched
+- read: the answer reached the model (evaluate.answer_read: a string of each `must` group in
+  the text the model reads; real embedder, no model; first turns only, follow-ups are searched
   after the model rewrites them), and how many of those the model answered right;
 - right, no judge: the model's answer is right and nothing refused it;
 - withheld: the guard or the gate refused it (whether the answer was right is not known);
@@ -50,18 +50,16 @@ def answer_read(course: str, split: str, embeddings=None) -> tuple[dict[str, boo
     read = {}
     with _index_for(settings, corpus, holder) as bot:
         for case in firsts:
-            got = bot.retriever.retrieve(case.q)
-            text = bot._read(got).inputs["context"].lower() if bot.retriever.covered(got) else ""
-            read[case.id] = all(any(m.lower() in text for m in group) for group in case.must)
+            read[case.id] = evaluate.answer_read(bot, bot.retriever.retrieve(case.q), case)
         return read, bot.embeddings
 
 
 def tally(results: list[dict], read: dict[str, bool], threshold: float) -> dict[str, dict]:
     """Counts per kind of turn ("first", "follow-up") over an evaluation's answerable results."""
     rows = {}
-    for label, turns in (("first", [r for r in results if r["case"]["turn"] <= 1]),
-                         ("follow-up", [r for r in results if r["case"]["turn"] > 1])):
-        turns = [r for r in turns if not r["case"]["refuse"]]
+    answerable = [r for r in results if not r["case"]["refuse"]]
+    for label, turns in (("first", [r for r in answerable if r["case"]["turn"] <= 1]),
+                         ("follow-up", [r for r in answerable if r["case"]["turn"] > 1])):
         got = [r for r in turns if read.get(r["case"]["id"], False)]
         p = [r.get("scores", {}).get("answerable") for r in turns]
         right = sum(r["correct"] for r in turns)

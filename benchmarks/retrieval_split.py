@@ -60,9 +60,7 @@ def main() -> None:
                     gated_ans += got.top_score < s.min_score
                     hit1 += bool(stems) and stems[0] in case.sources
                     hitk += any(x in case.sources for x in stems)
-                    # the answer reached the model: every `must` group has a string in what it reads
-                    context = reader._read(got).inputs["context"].lower() if got.top_score >= s.min_score else ""
-                    read += all(any(m.lower() in context for m in group) for group in case.must)
+                    read += evaluate.answer_read(reader, got, case)
                 print(f"{name:<18} {'hybrid' if hybrid else 'dense':<7} hit@1 {hit1}/{n}  hit@{s.k} {hitk}/{n}  answer read {read}/{n}  "
                       f"gate refuses {gated_ans}/{n} answerable, {gated_oos}/{n_oos} out-of-scope", flush=True)
 

@@ -502,8 +502,9 @@ class Assistant:
         if p is not None:
             scores["answerable"] = round(p, 4)
             timings["judge_s"] = round(time.perf_counter() - t0, 4)
-            if p < self.settings.answerable_threshold:
-                yield refused(f"the passages do not answer it (p = {p:.2f}, needs {self.settings.answerable_threshold:.2f})")
+            needs = self.settings.answerable_threshold
+            if p < needs:
+                yield refused(f"the passages do not answer it (p = {p:.2f}, needs {needs:.2f})")
                 return
         # generate, showing only what is grounded so far
         grounding = Grounding(reading.readable, retrieval.query, SYSTEM)

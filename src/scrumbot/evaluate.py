@@ -218,6 +218,14 @@ def score(case: Case, answer: str, refused: bool, sources: list[str], seconds: f
     return Outcome(case, answer, refused, sources, seconds, not failures, hit, failures)
 
 
+def answer_read(bot, retrieval, case: Case) -> bool:
+    """Did the answer reach the model: has every `must` group a string in the text the model
+    reads of `retrieval` (Assistant._read; nothing when the gate refuses)? For the benchmarks
+    that tell retrieval's losses from the model's."""
+    text = bot._read(retrieval).inputs["context"].lower() if bot.retriever.covered(retrieval) else ""
+    return all(any(m.lower() in text for m in group) for group in case.must)
+
+
 def source_stem(source: str) -> str:
     return Path(source).stem
 
